@@ -1,0 +1,227 @@
+//! `kiroku dev` and `kiroku write-api`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
+use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
+use tokio::net::TcpListener;
+
+use crate::journal_url::JournalUrl;
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Snapshot an aggregate every N events (0: never).
+    #[arg(long, env = "KIROKU_SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+    /// Passivate an aggregate after this many seconds without a command.
+    #[arg(long, env = "KIROKU_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    idle_timeout_secs: u64,
+    /// At most this many aggregates resident in memory.
+    #[arg(long, env = "KIROKU_MAX_RESIDENT", default_value_t = 100_000)]
+    max_resident: usize,
+    /// Commands that may wait for one aggregate before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KIROKU_MAILBOX_CAPACITY", default_value_t = 1_000)]
+    mailbox_capacity: usize,
+    /// Commands that may wait in the whole process before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KIROKU_MAX_IN_FLIGHT", default_value_t = 100_000)]
+    max_in_flight: usize,
+}
+
+impl RuntimeArgs {
+    fn config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_resident: self.max_resident,
+            snapshot_every: self.snapshot_every,
+            mailbox_capacity: self.mailbox_capacity,
+            max_in_flight: self.max_in_flight,
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// Bearer tokens: `token=principal[:role+role],...`.
+    #[arg(long, env = "KIROKU_TOKENS", hide_env_values = true)]
+    tokens: Option<String>,
+    /// A file of `TOKEN PRINCIPAL [ROLE,ROLE]` lines.
+    #[arg(long, env = "KIROKU_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The configured tokens, or `None` when there are none.
+    fn auth(&self) -> anyhow::Result<Option<Auth>> {
+        match (&self.tokens, &self.tokens_file) {
+            (Some(_), Some(_)) => bail!("set KIROKU_TOKENS or KIROKU_TOKENS_FILE, not both"),
+            (Some(spec), None) => Ok(Some(Auth::from_spec(spec)?)),
+            (None, Some(path)) => Ok(Some(Auth::from_file(path)?)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the embedded journal lives.
+    #[arg(long, env = "KIROKU_DATA_DIR", default_value = ".kiroku")]
+    data_dir: PathBuf,
+    /// Use this journal instead of the embedded one (e.g. dynamodb://?endpoint=…); its tables are
+    /// created if missing.
+    #[arg(long, env = "KIROKU_JOURNAL")]
+    journal: Option<String>,
+    /// gRPC address. Without tokens it must be a loopback address.
+    #[arg(long, env = "KIROKU_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WriteApiArgs {
+    /// The journal: sqlite:///path/to/journal.db (or a bare path), or
+    /// dynamodb://?region=…&prefix=…[&endpoint=…] (tables from `kiroku journal init`).
+    #[arg(
+        long,
+        env = "KIROKU_JOURNAL",
+        default_value = "sqlite://.kiroku/journal.db"
+    )]
+    journal: String,
+    #[arg(long, env = "KIROKU_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(
+    journal: JournalUrl,
+    create_tables: bool,
+    listen: SocketAddr,
+    auth: Auth,
+    runtime: RuntimeConfig,
+    what: &str,
+) -> anyhow::Result<()> {
+    let journal_port = journal.open(create_tables).await?.port();
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let rooms = AggregateRuntime::new(journal_port, runtime);
+    // The line scripts and tests wait for; keep its shape.
+    println!("kiroku {what}: grpc listening on {addr}");
+    println!("kiroku {what}: journal {journal}");
+    if auth.is_open() {
+        println!(
+            "kiroku {what}: authentication is OFF (dev mode on loopback); the principal is `dev`, or the \
+             x-kiroku-principal header. Set KIROKU_TOKENS to require tokens."
+        );
+    }
+    let api = WriteApi {
+        rooms,
+        auth,
+        config: WriteApiConfig::default(),
+    };
+    api.serve(listener, shutdown_signal()).await?;
+    println!("kiroku {what}: stopped");
+    Ok(())
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let auth = match args.auth.auth()? {
+        Some(auth) => auth,
+        None if args.listen.ip().is_loopback() => Auth::Open,
+        None => bail!(
+            "kiroku dev runs without authentication only on a loopback address; {} is not one. \
+             Set KIROKU_TOKENS or listen on 127.0.0.1",
+            args.listen
+        ),
+    };
+    let journal = match &args.journal {
+        Some(url) => JournalUrl::parse(url)?,
+        None => JournalUrl::Sqlite(args.data_dir.join("journal.db")),
+    };
+    serve(
+        journal,
+        true,
+        args.listen,
+        auth,
+        args.runtime.config(),
+        "dev",
+    )
+    .await
+}
+
+pub async fn write_api(args: WriteApiArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let auth = args
+        .auth
+        .auth()?
+        .ok_or(kiroku_write_api::grpc::AuthConfigError::Missing)?;
+    let journal = JournalUrl::parse(&args.journal)?;
+    serve(
+        journal,
+        false,
+        args.listen,
+        auth,
+        args.runtime.config(),
+        "write-api",
+    )
+    .await
+}
+
+#[derive(Args, Debug)]
+pub struct JournalArgs {
+    #[command(subcommand)]
+    command: JournalCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum JournalCommand {
+    /// Create the journal's tables (or SQLite file) if missing. Safe to run again.
+    Init {
+        #[arg(long, env = "KIROKU_JOURNAL")]
+        journal: String,
+    },
+}
+
+pub async fn journal(args: JournalArgs) -> anyhow::Result<()> {
+    match args.command {
+        JournalCommand::Init { journal } => {
+            let url = JournalUrl::parse(&journal)?;
+            url.open(true).await?;
+            println!("journal {url} is ready");
+            Ok(())
+        }
+    }
+}

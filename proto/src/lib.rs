@@ -1,0 +1,25 @@
+//! kiroku's public protobuf contract.
+//!
+//! * [`chat::v1`]: the reference domain's events, as stored in the journal.
+//! * [`v1`] (feature `grpc`): the gRPC services and their messages.
+//!
+//! Everything here is generated from the `.proto` files beside this crate; protobuf types stop at
+//! the edges of the system, inside it works with domain types.
+
+pub mod chat {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/kiroku.chat.v1.rs"));
+    }
+}
+
+#[cfg(feature = "grpc")]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/kiroku.v1.rs"));
+}
+
+#[cfg(feature = "grpc")]
+pub mod codec;
+
+/// The encoded `FileDescriptorSet` of every message and service, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kiroku_descriptor.bin"));

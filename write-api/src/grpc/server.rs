@@ -1,0 +1,90 @@
+//! Assembles the write API's gRPC server: services, authentication, limits, health, reflection,
+//! graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kiroku_chat::Room;
+use kiroku_proto::codec::TRANSPORT_MAX_BYTES;
+use kiroku_proto::v1::command_service_server::CommandServiceServer;
+use kiroku_proto::v1::history_service_server::HistoryServiceServer;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use super::{Auth, CommandApi, HistoryApi};
+use crate::runtime::AggregateRuntime;
+
+#[derive(Debug, Clone)]
+pub struct WriteApiConfig {
+    /// How long admitted commands may take to finish when the server stops.
+    pub drain_timeout: Duration,
+    /// Server-side cap on any one request.
+    pub request_timeout: Duration,
+}
+
+impl Default for WriteApiConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct WriteApi {
+    pub rooms: AggregateRuntime<Room>,
+    pub auth: Auth,
+    pub config: WriteApiConfig,
+}
+
+impl WriteApi {
+    /// Serves on `listener` until `shutdown` resolves; then stops accepting, drains the admitted
+    /// commands (their events are durable once answered) and stops the aggregates.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<CommandServiceServer<CommandApi>>()
+            .await;
+        health
+            .set_serving::<HistoryServiceServer<HistoryApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+        let commands = CommandServiceServer::new(CommandApi::new(self.rooms.clone()))
+            .max_decoding_message_size(TRANSPORT_MAX_BYTES);
+        let history = HistoryServiceServer::new(HistoryApi::new(self.rooms.clone()))
+            .max_decoding_message_size(TRANSPORT_MAX_BYTES);
+        let interceptor = self.auth.interceptor();
+        let rooms = self.rooms.clone();
+        let drain = self.config.drain_timeout;
+        let result = Server::builder()
+            .timeout(self.config.request_timeout)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(InterceptedService::new(commands, interceptor.clone()))
+            .add_service(InterceptedService::new(history, interceptor))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: no new commands, draining admitted ones");
+                    health
+                        .set_not_serving::<CommandServiceServer<CommandApi>>()
+                        .await;
+                },
+            )
+            .await;
+        if !rooms.shutdown(drain).await {
+            tracing::warn!(timeout = ?drain, "some commands did not finish draining in time");
+        }
+        result
+    }
+}

@@ -1,0 +1,317 @@
+//! One ractor actor per resident aggregate: holds its state, decides its commands in order.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use kiroku_core::{Aggregate, SnapshotCodec};
+use kiroku_journal::{
+    AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, EventMetadata, Journal, NewEvent,
+    SnapshotRecord, StreamId,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::Shared;
+use super::types::{CommandError, CommandMeta, Executed, now_ms, outcome_of};
+
+pub(super) enum ActorMsg<A: Aggregate> {
+    Command {
+        command: A::Command,
+        meta: CommandMeta,
+        reply: oneshot::Sender<Result<Executed, CommandError>>,
+    },
+    /// Reports the resident state and version (loading it if needed). For tests and tooling.
+    Inspect {
+        reply: oneshot::Sender<Result<(A, u64), CommandError>>,
+    },
+}
+
+pub(super) struct AggregateActor<A: Aggregate> {
+    pub shared: Arc<Shared<A>>,
+    pub stream: StreamId,
+}
+
+/// The aggregate as of `version`; `None` until loaded, and again after anything that leaves the
+/// memory possibly out of step with the journal (a conflict, an unknown write outcome, a panic).
+pub(super) struct Loaded<A> {
+    state: A,
+    version: u64,
+}
+
+impl<A: Aggregate> Actor for AggregateActor<A> {
+    type Msg = ActorMsg<A>;
+    type State = Option<Loaded<A>>;
+    type Arguments = ();
+
+    /// Loading happens on the first message, not here: a slow journal must not block the spawner.
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(None)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        loaded: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ActorMsg::Command {
+                command,
+                meta,
+                reply,
+            } => {
+                let span = tracing::info_span!(
+                    "command",
+                    command_id = %meta.command_id,
+                    aggregate_id = %self.stream.aggregate_id,
+                    correlation_id = %meta.correlation_id,
+                );
+                // Instrument, never `enter()`, across an await: the span must follow the future.
+                // Boxed: an idle actor's task then holds a pointer, not the whole decide/load state
+                // machine — this is most of the memory of a resident aggregate.
+                let result = Box::pin(self.decide(loaded, command, &meta).instrument(span)).await;
+                self.shared.finished(&self.stream.aggregate_id);
+                // The caller may have stopped waiting; the decision stands either way.
+                let _ = reply.send(result);
+            }
+            ActorMsg::Inspect { reply } => {
+                let result = Box::pin(self.ensure_loaded(loaded))
+                    .await
+                    .map(|l| (l.state.clone(), l.version));
+                self.shared.finished(&self.stream.aggregate_id);
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<A: Aggregate> AggregateActor<A> {
+    fn journal(&self) -> &dyn Journal {
+        self.shared.journal.as_ref()
+    }
+
+    async fn ensure_loaded<'a>(
+        &self,
+        loaded: &'a mut Option<Loaded<A>>,
+    ) -> Result<&'a mut Loaded<A>, CommandError> {
+        if loaded.is_none() {
+            let (state, version) = load::<A>(&self.shared, &self.stream, u64::MAX).await?;
+            *loaded = Some(Loaded { state, version });
+        }
+        Ok(loaded.as_mut().expect("loaded above"))
+    }
+
+    async fn decide(
+        &self,
+        slot: &mut Option<Loaded<A>>,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Executed, CommandError> {
+        let current = self.ensure_loaded(slot).await?;
+        let version = current.version;
+        if let Some(expected) = meta.expected_version.filter(|e| *e != version) {
+            return self
+                .refuse(
+                    meta,
+                    CommandError::Conflict {
+                        expected,
+                        actual: version,
+                    },
+                )
+                .await;
+        }
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            current.state.handle(&meta.caller, &command)
+        }));
+        let events = match decided {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => {
+                return self.refuse(meta, CommandError::rejected(rejection)).await;
+            }
+            Err(_) => {
+                *slot = None;
+                tracing::error!(
+                    "command handler panicked; the aggregate will be reloaded from the journal"
+                );
+                return Err(CommandError::Internal(
+                    "the command handler failed unexpectedly".into(),
+                ));
+            }
+        };
+        let request = AppendRequest {
+            stream: self.stream.clone(),
+            expected_sequence: version,
+            events: events
+                .iter()
+                .map(|e| {
+                    let enc = A::encode(e);
+                    NewEvent {
+                        event_type: enc.event_type,
+                        schema_version: enc.schema_version,
+                        payload: enc.payload,
+                    }
+                })
+                .collect(),
+            metadata: EventMetadata {
+                command_id: meta.command_id.clone(),
+                correlation_id: meta.correlation_id.clone(),
+                causation_id: meta.causation_id.clone(),
+                principal: meta.caller.principal.clone(),
+                timestamp_ms: now_ms(),
+            },
+        };
+        let outcome = match self.journal().append(request).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // A conflict means another writer moved the stream; any other failure leaves it
+                // unknown whether the append happened. Either way: reload before deciding again,
+                // so the memory is never ahead of the journal.
+                *slot = None;
+                tracing::warn!(error = %e, "append failed");
+                return Err(e.into());
+            }
+        };
+        match outcome {
+            AppendOutcome::Duplicate(original) => outcome_of(&original, true),
+            AppendOutcome::Appended(record) => {
+                let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    events.iter().for_each(|e| current.state.apply(e));
+                }));
+                let executed = outcome_of(&record, false)?;
+                if applied.is_err() {
+                    // The events are durable; only the memory is suspect.
+                    *slot = None;
+                    tracing::error!(
+                        "apply panicked; the aggregate will be reloaded from the journal"
+                    );
+                } else {
+                    let before = current.version;
+                    current.version = executed.version;
+                    self.maybe_snapshot(current, before).await;
+                }
+                Ok(executed)
+            }
+        }
+    }
+
+    /// Records a refusal under the command id — unless the id was decided before, in which case
+    /// that original decision is what the caller gets.
+    async fn refuse(
+        &self,
+        meta: &CommandMeta,
+        refusal: CommandError,
+    ) -> Result<Executed, CommandError> {
+        let message = refusal.to_string();
+        let record = CommandRecord {
+            principal: meta.caller.principal.clone(),
+            command_id: meta.command_id.clone(),
+            stream: self.stream.clone(),
+            outcome: CommandOutcome::Rejected {
+                code: refusal.code() as i32,
+                message,
+            },
+            recorded_at_ms: now_ms(),
+        };
+        let stored = self.journal().record_rejection(record.clone()).await?;
+        if stored == record {
+            Err(refusal)
+        } else {
+            outcome_of(&stored, true)
+        }
+    }
+
+    async fn maybe_snapshot(&self, current: &Loaded<A>, before: u64) {
+        let every = self.shared.config.snapshot_every;
+        if every == 0 || current.version / every == before / every {
+            return;
+        }
+        let snapshot = SnapshotRecord {
+            stream: self.stream.clone(),
+            sequence: current.version,
+            timestamp_ms: now_ms(),
+            state: self.shared.codec.encode(&current.state),
+        };
+        // A snapshot is a cache: failing to write one costs a longer replay later, nothing more.
+        if let Err(e) = self.journal().save_snapshot(snapshot).await {
+            tracing::warn!(error = %e, "snapshot not saved");
+        }
+    }
+}
+
+/// Rebuilds an aggregate up to `max_version`: the newest usable snapshot at or below it, then
+/// the later events. An unreadable snapshot is skipped (logged), never an error.
+pub(crate) async fn load<A: Aggregate>(
+    shared: &Shared<A>,
+    stream: &StreamId,
+    max_version: u64,
+) -> Result<(A, u64), CommandError> {
+    let journal = shared.journal.as_ref();
+    let snapshot = journal.latest_snapshot(stream, max_version).await?;
+    let (mut state, mut version) = match snapshot {
+        Some(s) => match shared.codec.decode::<A>(&s.state) {
+            Ok(state) => (state, s.sequence),
+            Err(e) => {
+                tracing::warn!(stream = %stream, sequence = s.sequence, error = %e, "snapshot ignored, replaying events");
+                (A::default(), 0)
+            }
+        },
+        None => (A::default(), 0),
+    };
+    fold(
+        journal,
+        stream,
+        &mut state,
+        &mut version,
+        max_version,
+        |_| true,
+    )
+    .await?;
+    shared.loads.fetch_add(1, Ordering::Relaxed);
+    Ok((state, version))
+}
+
+/// Applies the events after `version` up to `max_version` while `keep` accepts them.
+pub(crate) async fn fold<A: Aggregate>(
+    journal: &dyn Journal,
+    stream: &StreamId,
+    state: &mut A,
+    version: &mut u64,
+    max_version: u64,
+    keep: impl Fn(&kiroku_journal::Envelope) -> bool,
+) -> Result<(), CommandError> {
+    const PAGE: usize = 1000;
+    loop {
+        let page = journal
+            .read_stream(stream, *version + 1, max_version, PAGE)
+            .await?;
+        let full = page.len() == PAGE;
+        for envelope in &page {
+            if !keep(envelope) {
+                return Ok(());
+            }
+            let event = A::decode(
+                &envelope.event_type,
+                envelope.schema_version,
+                &envelope.payload,
+            )
+            .map_err(|e| {
+                CommandError::Internal(format!(
+                    "stored event {}#{}: {e}",
+                    stream, envelope.sequence
+                ))
+            })?;
+            state.apply(&event);
+            *version = envelope.sequence;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
