@@ -2,7 +2,7 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 #
 # Formatting, lints, then every test of the workspace against real components: SQLite files,
-# the real binaries on random ports. Services a test needs are started by the scripts beside
+# PostgreSQL, a DynamoDB-compatible server (moto), the real binaries on random ports. Services a test needs are started by the scripts beside
 # this one; a missing service is a failing test, never a skipped one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +14,10 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "services"
+# PostgreSQL for the PostgreSQL read store's tests (started here if it is down).
+export "$(bash deploy/local/postgres.sh)"
 
 step "cargo test"
 log=$(mktemp)

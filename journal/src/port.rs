@@ -46,6 +46,11 @@ pub trait Journal: Send + Sync + 'static {
     /// Events of all streams with `global_position > after`, in commit order, at most `limit`.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, JournalError>;
 
+    /// The global position of the newest event, where the backend has a global order.
+    async fn head_position(&self) -> Result<Option<u64>, JournalError> {
+        Ok(None)
+    }
+
     /// Permanently deletes the events of `stream` up to and including `to`.
     async fn delete_up_to(&self, stream: &StreamId, to: u64) -> Result<(), JournalError>;
 

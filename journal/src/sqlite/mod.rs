@@ -219,6 +219,17 @@ impl Journal for SqliteJournal {
             .await
     }
 
+    async fn head_position(&self) -> Result<Option<u64>, JournalError> {
+        self.inner
+            .readers
+            .run(|c| {
+                c.prepare_cached("SELECT max(global_position) FROM events")?
+                    .query_row([], |r| r.get::<_, Option<i64>>(0))
+                    .map(|p| Some(p.unwrap_or(0) as u64))
+            })
+            .await
+    }
+
     async fn delete_up_to(&self, stream: &StreamId, to: u64) -> Result<(), JournalError> {
         let stream = stream.clone();
         self.write(|reply| WriteOp::DeleteUpTo(stream, to, reply))

@@ -1,0 +1,220 @@
+//! The embedded read store: one SQLite file in WAL mode, beside the journal.
+//!
+//! One writing connection (the updater's transactions, rebuilds, dead-letter resolution) and a
+//! few reading connections; queries run in a read transaction so a query and the active version
+//! it read come from one snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+use super::StoreError;
+use super::sql::{BoxFuture, Dialect, Row, Runner, Sql, Value};
+
+const MAX_READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct SqliteReadStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Storage(e.to_string()),
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(error)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 10000;
+         PRAGMA foreign_keys = OFF;",
+    )
+    .map_err(error)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+impl SqliteReadStore {
+    /// Opens (creating if needed) the read store at `path`. Call [`ReadStore::migrate`] before
+    /// use ([`crate::open_store`] does).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let writer = connect(&path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl Runner for SqliteReadStore {
+    /// One write transaction on a blocking thread.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn Sql) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock();
+            transaction(&mut conn, "BEGIN IMMEDIATE", f)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("write task failed: {e}")))?
+    }
+
+    /// One read transaction (a consistent snapshot) on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn Sql) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let popped = inner.readers.lock().pop();
+            let mut conn = match popped {
+                Some(c) => c,
+                None => connect(&inner.path)?,
+            };
+            let result = transaction(&mut conn, "BEGIN", f);
+            let mut idle = inner.readers.lock();
+            if idle.len() < MAX_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+}
+
+fn transaction<T, F>(conn: &mut Connection, begin: &str, f: F) -> Result<T, StoreError>
+where
+    F: for<'c> FnOnce(&'c mut dyn Sql) -> BoxFuture<'c, Result<T, StoreError>>,
+{
+    conn.execute_batch(begin).map_err(error)?;
+    let mut c = Conn(conn);
+    // Every statement completes synchronously: the future is ready on its first poll.
+    let result = futures::executor::block_on(f(&mut c));
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match (result, conn.execute_batch(end).map_err(error)) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+struct Conn<'a>(&'a mut Connection);
+
+struct Param<'a>(&'a Value);
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::I64(v) => ValueRef::Integer(*v),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Bytes(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+#[async_trait]
+impl Sql for Conn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let mut stmt = self.0.prepare_cached(&placeholders(sql)).map_err(error)?;
+        let n = stmt
+            .execute(rusqlite::params_from_iter(params.iter().map(Param)))
+            .map_err(error)?;
+        Ok(n as u64)
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&placeholders(sql)).map_err(error)?;
+        let columns = stmt.column_count();
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(params.iter().map(Param)),
+                |row| {
+                    (0..columns)
+                        .map(|i| {
+                            Ok(match row.get_ref(i)? {
+                                ValueRef::Null => Value::Null,
+                                ValueRef::Integer(v) => Value::I64(v),
+                                ValueRef::Real(v) => Value::I64(v as i64),
+                                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into()),
+                                ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+                            })
+                        })
+                        .collect::<rusqlite::Result<Row>>()
+                },
+            )
+            .map_err(error)?;
+        rows.collect::<rusqlite::Result<Vec<Row>>>().map_err(error)
+    }
+
+    async fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.0.execute_batch(sql).map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ReadStore;
+
+    async fn fresh() -> (Arc<dyn ReadStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteReadStore::open(dir.path().join("views.db")).unwrap();
+        store.migrate().await.unwrap();
+        (Arc::new(store), dir)
+    }
+
+    crate::read_store_suite!(fresh().await);
+}
