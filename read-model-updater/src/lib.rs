@@ -13,6 +13,7 @@
 //! * [`rebuild`] replays the journal into a fresh version of a projection's tables while the
 //!   current version serves, then switches atomically.
 
+pub mod dead_letters;
 mod feed;
 mod projection;
 pub mod rebuild;
@@ -27,7 +28,7 @@ pub use store::{
     PostgresReadStore, ProjectedEvent, ProjectionState, ReadStore, RoomSummary, SqliteReadStore,
     StoreError, ViewsDump, open_store,
 };
-pub use updater::{Updater, UpdaterConfig, UpdaterError};
+pub use updater::{Progress, Updater, UpdaterConfig, UpdaterError};
 pub use waiter::{Consistency, ConsistencyWaiter};
 
 #[doc(hidden)]
