@@ -29,6 +29,14 @@ impl Opened {
             Opened::DynamoDb(j) => Arc::new(j.clone()),
         }
     }
+
+    /// The writer's commit notifications, when this process writes the journal's global order.
+    pub fn committed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Opened::Sqlite(j) => Some(j.committed_position()),
+            Opened::DynamoDb(_) => None,
+        }
+    }
 }
 
 impl JournalUrl {

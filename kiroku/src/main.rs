@@ -22,6 +22,12 @@ enum Cmd {
     Dev(cmd::serve::DevArgs),
     /// Run the write API alone, configured by environment variables.
     WriteApi(cmd::serve::WriteApiArgs),
+    /// Run the read-model updater alone, configured by environment variables.
+    ReadModelUpdater(cmd::read::StandaloneUpdaterArgs),
+    /// Rebuild a projection from the journal while the current version keeps serving.
+    Rebuild(cmd::read::RebuildArgs),
+    /// List, retry or skip events parked by the read-model updater.
+    DeadLetters(cmd::read::DeadLetterArgs),
     /// Manage the journal (create tables).
     Journal(cmd::serve::JournalArgs),
     /// Send a command to a room.
@@ -56,6 +62,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Cmd::Dev(args) => cmd::serve::dev(args).await,
             Cmd::WriteApi(args) => cmd::serve::write_api(args).await,
+            Cmd::ReadModelUpdater(args) => cmd::read::read_model_updater(args).await,
+            Cmd::Rebuild(args) => cmd::read::rebuild_projection(args).await,
+            Cmd::DeadLetters(args) => cmd::read::dead_letters(args).await,
             Cmd::Journal(args) => cmd::serve::journal(args).await,
             Cmd::Room(args) => cmd::client::room(args).await,
             Cmd::History(args) => cmd::client::history(args).await,

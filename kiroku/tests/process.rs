@@ -1,119 +1,16 @@
 //! The real `kiroku` binary on random ports, driven like an operator and a client would.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use kiroku_proto::v1::command_service_client::CommandServiceClient;
 use kiroku_proto::v1::history_service_client::HistoryServiceClient;
-use kiroku_proto::v1::{
-    self as pb, CommandMeta, ExecuteRequest, HistoryRequest, execute_request::Command as C,
-};
+use kiroku_proto::v1::{self as pb, HistoryRequest, execute_request::Command as C};
+use std::process::Command;
 use tonic::Code;
-use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kiroku");
-
-struct Kiroku {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Kiroku {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    for var in [
-        "KIROKU_TOKENS",
-        "KIROKU_TOKENS_FILE",
-        "KIROKU_LISTEN",
-        "KIROKU_JOURNAL",
-        "KIROKU_DATA_DIR",
-        "KIROKU_SERVER",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied()).env("KIROKU_LOG", "warn");
-    cmd
-}
-
-/// Starts a service and waits for its "grpc listening on ADDR" line.
-fn start(args: &[&str], env: &[(&str, &str)]) -> Kiroku {
-    let mut child = command(args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiroku");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("kiroku exited before listening")
-            .unwrap();
-        if let Some((_, addr)) = line.split_once("grpc listening on ") {
-            break addr.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Kiroku {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
-fn dev(data: &Path) -> Kiroku {
-    start(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    )
-}
-
-async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn as_principal(principal: &'static str) -> impl tonic::service::Interceptor + Clone {
-    move |mut r: tonic::Request<()>| {
-        r.metadata_mut()
-            .insert("x-kiroku-principal", principal.parse().unwrap());
-        Ok(r)
-    }
-}
-
-fn exec(room: &str, command_id: &str, command: C) -> ExecuteRequest {
-    ExecuteRequest {
-        meta: Some(CommandMeta {
-            command_id: command_id.into(),
-            ..Default::default()
-        }),
-        room_id: room.into(),
-        command: Some(command),
-    }
-}
-
-fn post(body: &str) -> C {
-    C::PostMessage(pb::PostMessage {
-        message_id: String::new(),
-        body: body.into(),
-    })
-}
+use support::*;
 
 async fn history(url: &str, room: &str) -> Vec<pb::HistoryEntry> {
     let mut client =

@@ -2,8 +2,8 @@
 
 use kiroku_journal::StreamId;
 
-use crate::store::{Poison, ProjectedEvent, ReadStore, StoreError};
 use crate::Projection;
+use crate::store::{Poison, ProjectedEvent, ReadStore, StoreError};
 
 /// What a retry did for one aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,13 +49,13 @@ async fn resolve(
             projection.name()
         )));
     }
-    if let Some(seq) = skip {
-        if parked[0].envelope.sequence != seq {
-            return Err(StoreError::Conflict(format!(
-                "only the oldest parked event of {stream} (#{}) can be skipped, not #{seq}",
-                parked[0].envelope.sequence
-            )));
-        }
+    if let Some(seq) = skip
+        && parked[0].envelope.sequence != seq
+    {
+        return Err(StoreError::Conflict(format!(
+            "only the oldest parked event of {stream} (#{}) can be skipped, not #{seq}",
+            parked[0].envelope.sequence
+        )));
     }
     let total = parked.len();
     let mut events = Vec::with_capacity(total);
@@ -65,10 +65,9 @@ async fn resolve(
         let result = if skipping {
             Ok(Vec::new())
         } else {
-            projection.changes(&letter.envelope).map_err(|error| Poison {
-                error,
-                attempts: 1,
-            })
+            projection
+                .changes(&letter.envelope)
+                .map_err(|error| Poison { error, attempts: 1 })
         };
         let failed = result.is_err();
         if let Err(p) = &result {

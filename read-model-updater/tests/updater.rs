@@ -26,9 +26,11 @@ struct World {
 impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let journal =
-            SqliteJournal::open(dir.path().join("journal.db"), SqliteJournalOptions::default())
-                .unwrap();
+        let journal = SqliteJournal::open(
+            dir.path().join("journal.db"),
+            SqliteJournalOptions::default(),
+        )
+        .unwrap();
         let store = SqliteReadStore::open(dir.path().join("views.db")).unwrap();
         store.migrate().await.unwrap();
         Self {
@@ -102,20 +104,34 @@ impl World {
     async fn room_with_messages(&self, room: &str, messages: u64) {
         self.append(room, 0, &[created(room)]).await;
         for i in 1..=messages {
-            self.append(room, i, &[posted(&format!("{room}-m{i}"), &format!("body {i}"))])
-                .await;
+            self.append(
+                room,
+                i,
+                &[posted(&format!("{room}-m{i}"), &format!("body {i}"))],
+            )
+            .await;
         }
     }
 
     async fn wait_for(&self, waiter: &ConsistencyWaiter, room: &str, version: u64) {
         let reached = waiter
-            .wait_for(&StreamId::new("room", room), version, Duration::from_secs(20))
+            .wait_for(
+                &StreamId::new("room", room),
+                version,
+                Duration::from_secs(20),
+            )
             .await
             .unwrap();
-        assert!(matches!(reached, Consistency::Reached { .. }), "{room}@{version}: {reached:?}");
+        assert!(
+            matches!(reached, Consistency::Reached { .. }),
+            "{room}@{version}: {reached:?}"
+        );
     }
 
-    async fn wait_for_position(&self, updater_progress: &mut tokio::sync::watch::Receiver<kiroku_read_model_updater::Progress>) {
+    async fn wait_for_position(
+        &self,
+        updater_progress: &mut tokio::sync::watch::Receiver<kiroku_read_model_updater::Progress>,
+    ) {
         let head = self.journal.head_position().await.unwrap().unwrap();
         tokio::time::timeout(
             Duration::from_secs(20),
@@ -151,7 +167,10 @@ async fn events_reach_the_views_and_a_waiter_is_woken_by_the_commit() {
     w.room_with_messages("r1", 3).await;
     w.wait_for(&waiter, "r1", 4).await;
     let room = w.store.room("r1").await.unwrap().unwrap();
-    assert_eq!((room.name.as_str(), room.message_count, room.version), ("r1", 3, 4));
+    assert_eq!(
+        (room.name.as_str(), room.message_count, room.version),
+        ("r1", 3, 4)
+    );
     let page = w.store.messages("r1", None, 10).await.unwrap();
     assert_eq!(page.messages[0].body, "body 3");
     // A version nobody wrote yet: the wait ends at its deadline with where the view is.
@@ -179,7 +198,9 @@ impl Projection for Flaky {
     fn changes(&self, event: &Envelope) -> Result<Vec<Change>, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let changes = RoomsProjection.changes(event)?;
-        let poison = changes.iter().any(|c| matches!(c, Change::MessagePosted { body, .. } if body == "poison"));
+        let poison = changes
+            .iter()
+            .any(|c| matches!(c, Change::MessagePosted { body, .. } if body == "poison"));
         if poison && !self.fixed.load(Ordering::Relaxed) {
             return Err("the projection cannot handle this message yet".into());
         }
@@ -207,22 +228,52 @@ async fn a_poison_event_parks_the_rest_goes_on_and_a_retry_after_the_fix_applies
     w.wait_for_position(&mut progress).await;
 
     let r1 = StreamId::new("room", "r1");
-    assert_eq!(w.store.room("r2").await.unwrap().unwrap().message_count, 5, "other rooms go on");
-    assert_eq!(w.store.applied_sequence(ROOMS, &r1).await.unwrap(), 2, "r1 stops before the poison");
+    assert_eq!(
+        w.store.room("r2").await.unwrap().unwrap().message_count,
+        5,
+        "other rooms go on"
+    );
+    assert_eq!(
+        w.store.applied_sequence(ROOMS, &r1).await.unwrap(),
+        2,
+        "r1 stops before the poison"
+    );
     let parked = w.store.dead_letters(ROOMS, 10).await.unwrap();
-    assert_eq!(parked.iter().map(|d| d.envelope.sequence).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        parked
+            .iter()
+            .map(|d| d.envelope.sequence)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
     assert_eq!(parked[0].attempts, 3, "retried before parking");
-    assert!(parked[0].error.contains("cannot handle"), "{}", parked[0].error);
+    assert!(
+        parked[0].error.contains("cannot handle"),
+        "{}",
+        parked[0].error
+    );
     assert_eq!(w.store.state(ROOMS).await.unwrap().dead_letters, 2);
 
     // Retrying before the fix changes nothing but the attempts.
-    let again = dead_letters::retry(w.store.as_ref(), flaky.as_ref(), &r1).await.unwrap();
+    let again = dead_letters::retry(w.store.as_ref(), flaky.as_ref(), &r1)
+        .await
+        .unwrap();
     assert_eq!((again.applied, again.still_parked), (0, 2));
 
     flaky.fixed.store(true, Ordering::Relaxed);
-    let fixed = dead_letters::retry(w.store.as_ref(), flaky.as_ref(), &r1).await.unwrap();
+    let fixed = dead_letters::retry(w.store.as_ref(), flaky.as_ref(), &r1)
+        .await
+        .unwrap();
     assert_eq!((fixed.applied, fixed.still_parked), (2, 0));
-    let ids: Vec<_> = w.store.messages("r1", None, 10).await.unwrap().messages.into_iter().map(|m| m.message_id).collect();
+    let ids: Vec<_> = w
+        .store
+        .messages("r1", None, 10)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
     assert_eq!(ids, ["c", "b", "a"]);
     // New events of r1 flow again.
     w.append("r1", 4, &[posted("d", "flowing")]).await;
@@ -245,10 +296,25 @@ async fn skipping_a_parked_event_lets_its_aggregate_go_on_without_it() {
     w.append("r1", 2, &[posted("c", "after")]).await;
     w.wait_for_position(&mut progress).await;
     let r1 = StreamId::new("room", "r1");
-    assert!(dead_letters::skip(w.store.as_ref(), flaky.as_ref(), &r1, 3).await.is_err(), "only the oldest");
-    let done = dead_letters::skip(w.store.as_ref(), flaky.as_ref(), &r1, 2).await.unwrap();
+    assert!(
+        dead_letters::skip(w.store.as_ref(), flaky.as_ref(), &r1, 3)
+            .await
+            .is_err(),
+        "only the oldest"
+    );
+    let done = dead_letters::skip(w.store.as_ref(), flaky.as_ref(), &r1, 2)
+        .await
+        .unwrap();
     assert_eq!((done.applied, done.still_parked), (2, 0));
-    let ids: Vec<_> = w.store.messages("r1", None, 10).await.unwrap().messages.into_iter().map(|m| m.message_id).collect();
+    let ids: Vec<_> = w
+        .store
+        .messages("r1", None, 10)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
     assert_eq!(ids, ["c"]);
 }
 
@@ -261,15 +327,23 @@ struct Lossy {
 
 #[async_trait]
 impl Feed for Lossy {
-    async fn next(&self, position: u64, max: usize, wait: Duration) -> Result<Vec<Envelope>, JournalError> {
+    async fn next(
+        &self,
+        position: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Envelope>, JournalError> {
         let events = self.inner.next(position, max, wait).await?;
         let last = events.last().cloned();
-        let mut kept: Vec<Envelope> = events.into_iter().filter(|e| e.global_position > self.until || e.global_position % 3 != 0).collect();
+        let mut kept: Vec<Envelope> = events
+            .into_iter()
+            .filter(|e| e.global_position > self.until || e.global_position % 3 != 0)
+            .collect();
         // Keep the batch's end so the position still advances past what was lost.
-        if let Some(last) = last {
-            if kept.last().map(|e| e.global_position) != Some(last.global_position) {
-                kept.push(last);
-            }
+        if let Some(last) = last
+            && kept.last().map(|e| e.global_position) != Some(last.global_position)
+        {
+            kept.push(last);
         }
         Ok(kept)
     }
@@ -286,9 +360,16 @@ async fn gaps_in_the_feed_are_repaired_from_the_journal() {
     }
     let until = w.journal.head_position().await.unwrap().unwrap();
     for room in ["r1", "r2", "r3"] {
-        w.append(room, 20, &[posted(&format!("{room}-last"), "last")]).await;
+        w.append(room, 20, &[posted(&format!("{room}-last"), "last")])
+            .await;
     }
-    let updater = w.updater(Arc::new(RoomsProjection), Arc::new(Lossy { inner: w.feed(), until }));
+    let updater = w.updater(
+        Arc::new(RoomsProjection),
+        Arc::new(Lossy {
+            inner: w.feed(),
+            until,
+        }),
+    );
     let mut progress = updater.progress();
     let (_stop, _task) = w.spawn(updater);
     w.wait_for_position(&mut progress).await;
@@ -297,10 +378,20 @@ async fn gaps_in_the_feed_are_repaired_from_the_journal() {
         assert_eq!((view.message_count, view.version), (20, 21), "{room}");
     }
     let live = w.store.dump(ROOMS, 1).await.unwrap();
-    rebuild::rebuild(w.store.clone(), w.journal(), Arc::new(RoomsProjection), 100, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(w.store.dump(ROOMS, 2).await.unwrap(), live, "repaired = replayed");
+    rebuild::rebuild(
+        w.store.clone(),
+        w.journal(),
+        Arc::new(RoomsProjection),
+        100,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.store.dump(ROOMS, 2).await.unwrap(),
+        live,
+        "repaired = replayed"
+    );
 }
 
 #[tokio::test]
@@ -321,7 +412,10 @@ async fn a_rebuild_while_serving_keeps_answering_switches_atomically_and_equals_
         tokio::spawn(async move {
             let mut answers = 0u64;
             while reading.load(Ordering::Relaxed) {
-                let room = store.room("r0").await.expect("queries answer during a rebuild");
+                let room = store
+                    .room("r0")
+                    .await
+                    .expect("queries answer during a rebuild");
                 assert_eq!(room.expect("r0 is always there").message_count, 10);
                 answers += 1;
                 tokio::task::yield_now().await;
@@ -357,28 +451,49 @@ async fn a_rebuild_while_serving_keeps_answering_switches_atomically_and_equals_
         })
     };
     let mut reports = 0;
-    let done = rebuild::rebuild(w.store.clone(), w.journal(), Arc::new(RoomsProjection), 50, |_| reports += 1)
-        .await
-        .unwrap();
+    let done = rebuild::rebuild(
+        w.store.clone(),
+        w.journal(),
+        Arc::new(RoomsProjection),
+        50,
+        |_| reports += 1,
+    )
+    .await
+    .unwrap();
     writer.await.unwrap();
     assert_eq!(done.version, 2);
     assert!(reports > 0, "progress is reported");
     assert_eq!(w.store.state(ROOMS).await.unwrap().active_version, 2);
     // The live updater follows the switch and applies what came after the rebuild's end.
     w.wait_for_position(&mut progress).await;
-    tokio::time::timeout(Duration::from_secs(20), progress.wait_for(|p| p.version == 2)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        progress.wait_for(|p| p.version == 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     w.wait_for_position(&mut progress).await;
     reading.store(false, Ordering::Relaxed);
     assert!(reader.await.unwrap() > 0);
     assert_eq!(w.store.room("r39").await.unwrap().unwrap().name, "late");
 
     // A second rebuild from zero equals the live version 2.
-    let again = rebuild::rebuild(w.store.clone(), w.journal(), Arc::new(RoomsProjection), 500, |_| {})
-        .await
-        .unwrap();
+    let again = rebuild::rebuild(
+        w.store.clone(),
+        w.journal(),
+        Arc::new(RoomsProjection),
+        500,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again.version, 3);
     w.wait_for_position(&mut progress).await;
-    assert_eq!(w.store.dump(ROOMS, 3).await.unwrap(), w.store.dump(ROOMS, 2).await.unwrap());
+    assert_eq!(
+        w.store.dump(ROOMS, 3).await.unwrap(),
+        w.store.dump(ROOMS, 2).await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -400,8 +515,14 @@ async fn a_stopped_updater_resumes_from_its_checkpoint_without_doubling() {
     w.wait_for_position(&mut progress).await;
     let live = w.store.dump(ROOMS, 1).await.unwrap();
     assert_eq!(live.messages.len(), 150);
-    rebuild::rebuild(w.store.clone(), w.journal(), Arc::new(RoomsProjection), 1000, |_| {})
-        .await
-        .unwrap();
+    rebuild::rebuild(
+        w.store.clone(),
+        w.journal(),
+        Arc::new(RoomsProjection),
+        1000,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(w.store.dump(ROOMS, 2).await.unwrap(), live);
 }

@@ -51,6 +51,7 @@ pub async fn spawn_app_with(auth: Auth, config: RuntimeConfig) -> App {
         rooms: rooms.clone(),
         auth,
         config: WriteApiConfig::default(),
+        projections: None,
     };
     tokio::spawn(api.serve(listener, async move {
         let _ = stopped.await;

@@ -98,6 +98,7 @@ async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
                 rooms,
                 auth: Auth::Open,
                 config: WriteApiConfig::default(),
+                projections: None,
             };
             _server = Some(tokio::spawn(api.serve(listener, std::future::pending())));
             _dir = dir;

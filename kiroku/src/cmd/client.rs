@@ -106,8 +106,12 @@ impl ClientArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum Wait {
+    /// Reply when the events are durable.
     Persisted,
+    /// Reply when the command is admitted; see `kiroku command-result`.
     Accepted,
+    /// Reply when the read model shows the command (kiroku dev).
+    Projected,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +209,7 @@ pub async fn room(args: RoomArgs) -> anyhow::Result<()> {
     let wait = match args.wait {
         Wait::Persisted => pb::WaitMode::Persisted,
         Wait::Accepted => pb::WaitMode::Accepted,
+        Wait::Projected => pb::WaitMode::Projected,
     };
     let request = ExecuteRequest {
         meta: Some(CommandMeta {

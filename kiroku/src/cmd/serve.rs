@@ -10,6 +10,7 @@ use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
 use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 use tokio::net::TcpListener;
 
+use super::read::{ReadSide, UpdaterArgs, open_read_store};
 use crate::journal_url::JournalUrl;
 
 #[derive(Args, Debug, Clone)]
@@ -78,10 +79,15 @@ pub struct DevArgs {
     /// gRPC address. Without tokens it must be a loopback address.
     #[arg(long, env = "KIROKU_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Use this read store instead of the embedded one (e.g. postgres://postgres@127.0.0.1/kiroku).
+    #[arg(long, env = "KIROKU_READ_STORE")]
+    read_store: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(flatten)]
+    updater: UpdaterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -111,7 +117,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -123,6 +129,12 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The read model a `dev` process runs beside the write side.
+struct DevReadSide {
+    store: String,
+    updater: UpdaterArgs,
+}
+
 async fn serve(
     journal: JournalUrl,
     create_tables: bool,
@@ -130,8 +142,25 @@ async fn serve(
     auth: Auth,
     runtime: RuntimeConfig,
     what: &str,
+    read: Option<DevReadSide>,
 ) -> anyhow::Result<()> {
-    let journal_port = journal.open(create_tables).await?.port();
+    let opened = journal.open(create_tables).await?;
+    let journal_port = opened.port();
+    let read_side = match read {
+        Some(read) if journal_port.has_global_order() => {
+            let store = open_read_store(&read.store).await?;
+            println!("kiroku {what}: read model {}", read.store);
+            Some(ReadSide::start(&opened, store, &read.updater))
+        }
+        Some(_) => {
+            println!(
+                "kiroku {what}: read model OFF: the journal {journal} has no global order to \
+                 tail here (its stream relay is not in this build)"
+            );
+            None
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -150,8 +179,12 @@ async fn serve(
         rooms,
         auth,
         config: WriteApiConfig::default(),
+        projections: read_side.as_ref().map(ReadSide::projection_wait),
     };
     api.serve(listener, shutdown_signal()).await?;
+    if let Some(read_side) = read_side {
+        read_side.stop().await?;
+    }
     println!("kiroku {what}: stopped");
     Ok(())
 }
@@ -171,6 +204,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(url) => JournalUrl::parse(url)?,
         None => JournalUrl::Sqlite(args.data_dir.join("journal.db")),
     };
+    let read = DevReadSide {
+        store: args
+            .read_store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("views.db").display())),
+        updater: args.updater.clone(),
+    };
     serve(
         journal,
         true,
@@ -178,6 +218,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         auth,
         args.runtime.config(),
         "dev",
+        Some(read),
     )
     .await
 }
@@ -196,6 +237,7 @@ pub async fn write_api(args: WriteApiArgs) -> anyhow::Result<()> {
         auth,
         args.runtime.config(),
         "write-api",
+        None,
     )
     .await
 }

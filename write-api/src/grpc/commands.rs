@@ -1,6 +1,8 @@
 //! `kiroku.v1.CommandService`: commands for the chat domain and their results.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use kiroku_chat::{Room, RoomCommand};
 use kiroku_core::Caller;
@@ -25,15 +27,50 @@ const MAX_ID_CHARS: usize = 128;
 const ROOM_NS: Uuid = Uuid::from_u128(0x6b69726f_6b75_4000_8000_726f6f6d0001);
 const MESSAGE_NS: Uuid = Uuid::from_u128(0x6b69726f_6b75_4000_8000_6d7367000002);
 
+/// Waits until the read model shows an aggregate's version (for `WAIT_MODE_PROJECTED`).
+#[tonic::async_trait]
+pub trait ProjectionWait: Send + Sync + 'static {
+    /// Whether the views reached `version` of `aggregate_id` within `timeout`.
+    async fn wait_projected(
+        &self,
+        aggregate_id: &str,
+        version: u64,
+        timeout: Duration,
+    ) -> Result<bool, String>;
+}
+
+const DEFAULT_PROJECTED_WAIT: Duration = Duration::from_secs(5);
+const MAX_PROJECTED_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct CommandApi {
     rooms: AggregateRuntime<Room>,
+    projections: Option<Arc<dyn ProjectionWait>>,
 }
 
 impl CommandApi {
-    pub fn new(rooms: AggregateRuntime<Room>) -> Self {
-        Self { rooms }
+    pub fn new(
+        rooms: AggregateRuntime<Room>,
+        projections: Option<Arc<dyn ProjectionWait>>,
+    ) -> Self {
+        Self { rooms, projections }
     }
+}
+
+/// The caller's deadline (`grpc-timeout`), if it sent one.
+fn deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn check_id(what: &str, value: &str) -> Result<(), Status> {
@@ -133,6 +170,7 @@ fn reply(command_id: &str, e: &Executed) -> CommandReply {
         last_sequence: e.last_sequence,
         duplicate: e.duplicate,
         accepted_only: false,
+        projected: false,
     }
 }
 
@@ -196,6 +234,11 @@ impl CommandService for CommandApi {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<CommandReply>, Status> {
         let caller = Caller::new(identity(&request)?.principal);
+        // Leave a little of the caller's deadline for the reply itself.
+        let projected_wait = deadline(&request)
+            .map(|d| d.saturating_sub(Duration::from_millis(50)))
+            .unwrap_or(DEFAULT_PROJECTED_WAIT)
+            .min(MAX_PROJECTED_WAIT);
         let Parsed {
             room_id,
             command,
@@ -223,6 +266,26 @@ impl CommandService for CommandApi {
                     .await
                     .map_err(|e: CommandError| from_command_error(&e))?;
                 Ok(Response::new(reply(&command_id, &executed)))
+            }
+            WaitMode::Projected => {
+                let projections = self.projections.as_ref().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "WAIT_MODE_PROJECTED needs the read model in this process (kiroku dev); \
+                         this write API runs without one: use WAIT_MODE_PERSISTED and query the \
+                         read API with the returned version as consistency token",
+                    )
+                })?;
+                let executed = self
+                    .rooms
+                    .execute(&room_id, command, meta)
+                    .await
+                    .map_err(|e: CommandError| from_command_error(&e))?;
+                let mut reply = reply(&command_id, &executed);
+                reply.projected = projections
+                    .wait_projected(&reply.room_id, reply.version, projected_wait)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("the read model failed: {e}")))?;
+                Ok(Response::new(reply))
             }
         }
     }

@@ -8,6 +8,6 @@ mod server;
 mod status;
 
 pub use auth::{Auth, AuthConfigError, Identity, PRINCIPAL_HEADER};
-pub use commands::CommandApi;
+pub use commands::{CommandApi, ProjectionWait};
 pub use history::HistoryApi;
 pub use server::{WriteApi, WriteApiConfig};

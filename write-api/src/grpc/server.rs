@@ -2,6 +2,7 @@
 //! graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiroku_chat::Room;
@@ -12,7 +13,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use super::{Auth, CommandApi, HistoryApi};
+use super::{Auth, CommandApi, HistoryApi, ProjectionWait};
 use crate::runtime::AggregateRuntime;
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct WriteApi {
     pub rooms: AggregateRuntime<Room>,
     pub auth: Auth,
     pub config: WriteApiConfig,
+    /// The read model in this process, for `WAIT_MODE_PROJECTED`.
+    pub projections: Option<Arc<dyn ProjectionWait>>,
 }
 
 impl WriteApi {
@@ -58,8 +61,11 @@ impl WriteApi {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .expect("the embedded descriptor sets are valid");
-        let commands = CommandServiceServer::new(CommandApi::new(self.rooms.clone()))
-            .max_decoding_message_size(TRANSPORT_MAX_BYTES);
+        let commands = CommandServiceServer::new(CommandApi::new(
+            self.rooms.clone(),
+            self.projections.clone(),
+        ))
+        .max_decoding_message_size(TRANSPORT_MAX_BYTES);
         let history = HistoryServiceServer::new(HistoryApi::new(self.rooms.clone()))
             .max_decoding_message_size(TRANSPORT_MAX_BYTES);
         let interceptor = self.auth.interceptor();
