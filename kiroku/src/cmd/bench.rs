@@ -36,6 +36,10 @@ enum Bench {
     Memory(MemoryArgs),
     /// DynamoDB requests per command for resident aggregates, and cold activation cost.
     Dynamodb(DynamoArgs),
+    /// Rebuild (replay) rate of the rooms projection into SQLite (and PostgreSQL).
+    Rebuild(super::bench_read::RebuildBenchArgs),
+    /// Projection lag from command acknowledgement to the views, under a sustained load.
+    Lag(super::bench_read::LagArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -45,6 +49,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Journal(a) => journal(a).await,
         Bench::Memory(a) => memory(a).await,
         Bench::Dynamodb(a) => dynamodb(a).await,
+        Bench::Rebuild(a) => super::bench_read::rebuild_rate(a).await,
+        Bench::Lag(a) => super::bench_read::lag(a).await,
     }
 }
 
@@ -231,7 +237,7 @@ async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_latency(hist: &Histogram<u64>) {
+pub(super) fn print_latency(hist: &Histogram<u64>) {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

@@ -23,10 +23,10 @@ use crate::journal_url::{JournalUrl, Opened};
 pub struct UpdaterArgs {
     /// Events per read-store transaction.
     #[arg(long, env = "KIROKU_UPDATER_BATCH", default_value_t = 1000)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// How often to look for new events when the journal is written by another process.
     #[arg(long, env = "KIROKU_UPDATER_POLL_MS", default_value_t = 20)]
-    poll_ms: u64,
+    pub poll_ms: u64,
 }
 
 /// A running updater and what the rest of the process needs from it.
