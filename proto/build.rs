@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut protos = vec!["kiroku/chat/v1/events.proto"];
     if grpc {
         protos.push("kiroku/v1/write.proto");
+        protos.push("kiroku/v1/read.proto");
     }
     tonic_prost_build::configure()
         .build_client(grpc)

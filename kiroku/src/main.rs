@@ -24,6 +24,8 @@ enum Cmd {
     WriteApi(cmd::serve::WriteApiArgs),
     /// Run the read-model updater alone, configured by environment variables.
     ReadModelUpdater(cmd::read::StandaloneUpdaterArgs),
+    /// Run the read API alone (gRPC + HTTP/JSON), configured by environment variables.
+    ReadApi(cmd::read::ReadApiArgs),
     /// Rebuild a projection from the journal while the current version keeps serving.
     Rebuild(cmd::read::RebuildArgs),
     /// List, retry or skip events parked by the read-model updater.
@@ -32,6 +34,8 @@ enum Cmd {
     Journal(cmd::serve::JournalArgs),
     /// Send a command to a room.
     Room(cmd::client::RoomArgs),
+    /// Query the read model: rooms, messages, a member's rooms, live updates, projection status.
+    View(cmd::view::ViewArgs),
     /// Show the audit history of an aggregate.
     History(cmd::client::HistoryArgs),
     /// Show the state of an aggregate at a past version or moment.
@@ -63,10 +67,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Dev(args) => cmd::serve::dev(args).await,
             Cmd::WriteApi(args) => cmd::serve::write_api(args).await,
             Cmd::ReadModelUpdater(args) => cmd::read::read_model_updater(args).await,
+            Cmd::ReadApi(args) => cmd::read::read_api(args).await,
             Cmd::Rebuild(args) => cmd::read::rebuild_projection(args).await,
             Cmd::DeadLetters(args) => cmd::read::dead_letters(args).await,
             Cmd::Journal(args) => cmd::serve::journal(args).await,
             Cmd::Room(args) => cmd::client::room(args).await,
+            Cmd::View(args) => cmd::view::view(args).await,
             Cmd::History(args) => cmd::client::history(args).await,
             Cmd::StateAt(args) => cmd::client::state_at(args).await,
             Cmd::CommandResult(args) => cmd::client::command_result(args).await,

@@ -2,6 +2,8 @@
 //!
 //! * [`chat::v1`]: the reference domain's events, as stored in the journal.
 //! * [`v1`] (feature `grpc`): the gRPC services and their messages.
+//! * [`auth`] and [`codec`] (feature `grpc`): what every kiroku service does at its edge — bearer
+//!   tokens, and the codec with precise errors for malformed or oversized requests.
 //!
 //! Everything here is generated from the `.proto` files beside this crate; protobuf types stop at
 //! the edges of the system, inside it works with domain types.
@@ -17,6 +19,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/kiroku.v1.rs"));
 }
 
+#[cfg(feature = "grpc")]
+pub mod auth;
 #[cfg(feature = "grpc")]
 pub mod codec;
 

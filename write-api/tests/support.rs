@@ -52,6 +52,7 @@ pub async fn spawn_app_with(auth: Auth, config: RuntimeConfig) -> App {
         auth,
         config: WriteApiConfig::default(),
         projections: None,
+        extra_routes: None,
     };
     tokio::spawn(api.serve(listener, async move {
         let _ = stopped.await;

@@ -105,6 +105,7 @@ async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
                 auth: Auth::Open,
                 config: WriteApiConfig::default(),
                 projections: None,
+                extra_routes: None,
             };
             _server = Some(tokio::spawn(api.serve(listener, std::future::pending())));
             _dir = dir;

@@ -191,6 +191,7 @@ pub async fn lag(a: LagArgs) -> anyhow::Result<()> {
     .await?;
     let side = ReadSide::start(
         &opened,
+        true,
         store,
         &UpdaterArgs {
             batch_size: 1000,

@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kiroku_proto::v1::command_service_client::CommandServiceClient;
 use kiroku_proto::v1::history_service_client::HistoryServiceClient;
+use kiroku_proto::v1::read_service_client::ReadServiceClient;
 use kiroku_proto::v1::{
     self as pb, CommandMeta, ExecuteRequest, GetCommandResultRequest, HistoryRequest,
     StateAtRequest, execute_request::Command as Pb, state_at_request::At,
@@ -15,7 +16,7 @@ use tonic::transport::Channel;
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The write API to talk to.
+    /// The server to talk to (`kiroku dev` serves commands and reads on one port).
     #[arg(
         long,
         global = true,
@@ -57,6 +58,7 @@ impl Interceptor for Credentials {
 
 pub type Commands = CommandServiceClient<InterceptedService<Channel, Credentials>>;
 pub type History = HistoryServiceClient<InterceptedService<Channel, Credentials>>;
+pub type Reads = ReadServiceClient<InterceptedService<Channel, Credentials>>;
 
 impl ClientArgs {
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
@@ -91,6 +93,13 @@ impl ClientArgs {
 
     pub async fn commands(&self) -> anyhow::Result<Commands> {
         Ok(CommandServiceClient::with_interceptor(
+            self.channel().await?,
+            self.credentials()?,
+        ))
+    }
+
+    pub async fn reads(&self) -> anyhow::Result<Reads> {
+        Ok(ReadServiceClient::with_interceptor(
             self.channel().await?,
             self.credentials()?,
         ))

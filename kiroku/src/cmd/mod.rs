@@ -3,3 +3,4 @@ mod bench_read;
 pub mod client;
 pub mod read;
 pub mod serve;
+pub mod view;

@@ -1,6 +1,7 @@
 //! The read side in the `kiroku` binary: the updater (in `dev` or alone), rebuilds and dead
 //! letters.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,15 +9,17 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiroku_journal::StreamId;
+use kiroku_read_api::{Head, ReadApi, ReadQueries};
 use kiroku_read_model_updater::{
     Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
     RoomsProjection, Updater, UpdaterConfig, dead_letters, open_store, rebuild,
 };
-use kiroku_write_api::grpc::ProjectionWait;
+use kiroku_write_api::grpc::{AuthConfigError, ProjectionWait};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::serve::{init_tracing, shutdown_signal};
+use super::serve::{AuthArgs, init_tracing, shutdown_signal};
 use crate::journal_url::{JournalUrl, Opened};
 
 #[derive(Args, Debug, Clone)]
@@ -30,7 +33,6 @@ pub struct UpdaterArgs {
 }
 
 /// A running updater and what the rest of the process needs from it.
-#[allow(dead_code)] // `store` and `progress` are for the read API, wired next.
 pub struct ReadSide {
     pub store: Arc<dyn ReadStore>,
     pub progress: watch::Receiver<Progress>,
@@ -41,10 +43,21 @@ pub struct ReadSide {
 
 impl ReadSide {
     /// Starts the rooms projection over `journal` into `store`. Woken by the journal's writer
-    /// when it is in this process, polling otherwise.
-    pub fn start(journal: &Opened, store: Arc<dyn ReadStore>, args: &UpdaterArgs) -> Self {
+    /// when this process writes the journal (`writes_here`), polling otherwise: another
+    /// process's commits never reach this process's commit watch.
+    pub fn start(
+        journal: &Opened,
+        writes_here: bool,
+        store: Arc<dyn ReadStore>,
+        args: &UpdaterArgs,
+    ) -> Self {
         let port = journal.port();
-        let feed = JournalFeed::new(port.clone(), journal.committed())
+        let committed = if writes_here {
+            journal.committed()
+        } else {
+            None
+        };
+        let feed = JournalFeed::new(port.clone(), committed)
             .with_poll_interval(Duration::from_millis(args.poll_ms.max(1)));
         let config = UpdaterConfig {
             batch_size: args.batch_size.max(1),
@@ -143,7 +156,7 @@ pub async fn read_model_updater(args: StandaloneUpdaterArgs) -> anyhow::Result<(
     init_tracing();
     let journal = open_feed_journal(&args.journal).await?;
     let store = open_read_store(&args.read_store).await?;
-    let side = ReadSide::start(&journal, store, &args.updater);
+    let side = ReadSide::start(&journal, false, store, &args.updater);
     println!(
         "kiroku read-model-updater: projecting {} into {}",
         args.journal, args.read_store
@@ -285,4 +298,47 @@ fn report(r: &dead_letters::Resolution) {
     if let Some(e) = &r.error {
         println!("still failing: {e}");
     }
+}
+
+#[derive(Args, Debug)]
+pub struct ReadApiArgs {
+    /// The read store: sqlite:///path/views.db or postgres://user@host/db.
+    #[arg(long, env = "KIROKU_READ_STORE")]
+    read_store: String,
+    /// The journal the views follow (sqlite:///path/journal.db), to report lag in events.
+    /// Optional: without it, status shows the position but not how far behind it is.
+    #[arg(long, env = "KIROKU_JOURNAL")]
+    journal: Option<String>,
+    /// gRPC address (kiroku.v1.ReadService, health, reflection).
+    #[arg(long, env = "KIROKU_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: SocketAddr,
+    /// HTTP/JSON address (queries, Server-Sent Events, /metrics, /healthz).
+    #[arg(long, env = "KIROKU_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// `kiroku read-api`: the read API alone, over a read store another process fills.
+pub async fn read_api(args: ReadApiArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let auth = args.auth.auth()?.ok_or(AuthConfigError::Missing)?;
+    let store = open_read_store(&args.read_store).await?;
+    let head = match &args.journal {
+        Some(url) => Head::Journal(open_feed_journal(url).await?.port()),
+        None => Head::Unknown,
+    };
+    let api = ReadApi::new(ReadQueries::new(store, head), auth);
+    let http = TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let grpc = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("kiroku read-api: read model {}", args.read_store);
+    println!("kiroku read-api: http listening on {}", http.local_addr()?);
+    println!("kiroku read-api: grpc listening on {}", grpc.local_addr()?);
+    api.serve(grpc, http, shutdown_signal()).await?;
+    println!("kiroku read-api: stopped");
+    Ok(())
 }

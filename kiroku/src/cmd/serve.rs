@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kiroku_read_api::{Head, ReadApi, ReadQueries};
 use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
 use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 use tokio::net::TcpListener;
@@ -57,7 +58,7 @@ pub struct AuthArgs {
 
 impl AuthArgs {
     /// The configured tokens, or `None` when there are none.
-    fn auth(&self) -> anyhow::Result<Option<Auth>> {
+    pub fn auth(&self) -> anyhow::Result<Option<Auth>> {
         match (&self.tokens, &self.tokens_file) {
             (Some(_), Some(_)) => bail!("set KIROKU_TOKENS or KIROKU_TOKENS_FILE, not both"),
             (Some(spec), None) => Ok(Some(Auth::from_spec(spec)?)),
@@ -82,6 +83,9 @@ pub struct DevArgs {
     /// Use this read store instead of the embedded one (e.g. postgres://postgres@127.0.0.1/kiroku).
     #[arg(long, env = "KIROKU_READ_STORE")]
     read_store: Option<String>,
+    /// The read API's HTTP/JSON address. Without tokens it must be a loopback address.
+    #[arg(long, env = "KIROKU_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -133,6 +137,7 @@ pub async fn shutdown_signal() {
 struct DevReadSide {
     store: String,
     updater: UpdaterArgs,
+    http: SocketAddr,
 }
 
 async fn serve(
@@ -150,7 +155,19 @@ async fn serve(
         Some(read) if journal_port.has_global_order() => {
             let store = open_read_store(&read.store).await?;
             println!("kiroku {what}: read model {}", read.store);
-            Some(ReadSide::start(&opened, store, &read.updater))
+            let side = ReadSide::start(&opened, true, store, &read.updater);
+            let api = ReadApi::new(
+                ReadQueries::new(side.store.clone(), Head::Updater(side.progress.clone())),
+                auth.clone(),
+            );
+            let http = TcpListener::bind(read.http)
+                .await
+                .with_context(|| format!("binding {}", read.http))?;
+            println!(
+                "kiroku {what}: http listening on {} (read API: /v1/rooms/ROOM, live: /v1/rooms/ROOM/live)",
+                http.local_addr()?
+            );
+            Some((side, api, http))
         }
         Some(_) => {
             println!(
@@ -175,15 +192,37 @@ async fn serve(
              x-kiroku-principal header. Set KIROKU_TOKENS to require tokens."
         );
     }
+    // One signal stops everything: the write API stops accepting and drains, live streams end,
+    // the HTTP server drains, then the updater finishes its batch.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (read_side, read_api) = match read_side {
+        Some((side, api, http)) => {
+            let mut stopped = stopped.clone();
+            let server = api.clone().serve_http(http, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            (Some((side, tokio::spawn(server))), Some(api))
+        }
+        None => (None, None),
+    };
     let api = WriteApi {
         rooms,
         auth,
         config: WriteApiConfig::default(),
-        projections: read_side.as_ref().map(ReadSide::projection_wait),
+        projections: read_side.as_ref().map(|(side, _)| side.projection_wait()),
+        extra_routes: read_api.as_ref().map(ReadApi::grpc_routes),
     };
-    api.serve(listener, shutdown_signal()).await?;
-    if let Some(read_side) = read_side {
-        read_side.stop().await?;
+    api.serve(listener, async move {
+        shutdown_signal().await;
+        if let Some(read_api) = read_api {
+            read_api.close_streams();
+        }
+        let _ = stop.send(true);
+    })
+    .await?;
+    if let Some((side, http)) = read_side {
+        http.await.context("the HTTP server panicked")??;
+        side.stop().await?;
     }
     println!("kiroku {what}: stopped");
     Ok(())
@@ -193,11 +232,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_tracing();
     let auth = match args.auth.auth()? {
         Some(auth) => auth,
-        None if args.listen.ip().is_loopback() => Auth::Open,
+        None if args.listen.ip().is_loopback() && args.http_listen.ip().is_loopback() => Auth::Open,
         None => bail!(
-            "kiroku dev runs without authentication only on a loopback address; {} is not one. \
+            "kiroku dev runs without authentication only on loopback addresses; {} is not one. \
              Set KIROKU_TOKENS or listen on 127.0.0.1",
-            args.listen
+            if args.listen.ip().is_loopback() {
+                args.http_listen
+            } else {
+                args.listen
+            }
         ),
     };
     let journal = match &args.journal {
@@ -210,6 +253,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("views.db").display())),
         updater: args.updater.clone(),
+        http: args.http_listen,
     };
     serve(
         journal,

@@ -33,6 +33,7 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         "KIROKU_DATA_DIR",
         "KIROKU_SERVER",
         "KIROKU_READ_STORE",
+        "KIROKU_HTTP_LISTEN",
     ] {
         cmd.env_remove(var);
     }
@@ -50,25 +51,83 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Kiroku {
     }
 }
 
+/// A service with an HTTP face too: the address after "http listening on " (printed before the
+/// gRPC line).
+pub struct Served {
+    pub kiroku: Kiroku,
+    pub http: String,
+}
+
+/// Starts a service that serves gRPC and HTTP and waits until both listen.
+pub fn start_served(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let (child, lines) = start_lines(args, env, "grpc listening on ");
+    let addr = |marker: &str| {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("kiroku {args:?} printed no {marker:?} line: {lines:?}"));
+        format!(
+            "http://{}",
+            line.split_once(marker)
+                .unwrap()
+                .1
+                .split_whitespace()
+                .next()
+                .unwrap()
+        )
+    };
+    let (grpc, http) = (addr("grpc listening on "), addr("http listening on "));
+    Served {
+        kiroku: Kiroku { child, url: grpc },
+        http,
+    }
+}
+
+/// `kiroku dev` with its read API's HTTP face on a random port too.
+pub fn dev_served(data: &Path) -> Served {
+    start_served(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
 /// Starts a process and waits for the first stdout line containing `marker`.
 pub fn start_until(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, String) {
+    let (child, mut lines) = start_lines(args, env, marker);
+    (child, lines.pop().unwrap())
+}
+
+/// Starts a process and returns its stdout lines up to and including the first containing
+/// `marker`.
+pub fn start_lines(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, Vec<String>) {
     let mut child = command(args, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start kiroku");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let found = loop {
+    let mut seen = Vec::new();
+    loop {
         let line = lines
             .next()
             .unwrap_or_else(|| panic!("kiroku {args:?} exited before printing {marker:?}"))
             .unwrap();
-        if line.contains(marker) {
-            break line;
+        let found = line.contains(marker);
+        seen.push(line);
+        if found {
+            break;
         }
-    };
+    }
     std::thread::spawn(move || lines.for_each(drop));
-    (child, found)
+    (child, seen)
 }
 
 pub fn dev(data: &Path) -> Kiroku {
@@ -76,6 +135,8 @@ pub fn dev(data: &Path) -> Kiroku {
         &[
             "dev",
             "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),

@@ -15,11 +15,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::auth::identity;
 use super::status::from_command_error;
 use crate::runtime::{
     AggregateRuntime, CommandError, CommandMeta, CommandState, Executed, outcome_of,
 };
+use kiroku_proto::auth::identity;
 
 const MAX_ID_CHARS: usize = 128;
 /// Namespaces for ids derived from `(principal, command_id)`, so a resent command names the same

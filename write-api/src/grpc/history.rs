@@ -11,9 +11,9 @@ use kiroku_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::auth::identity;
 use super::status::{from_command_error, journal};
 use crate::runtime::AggregateRuntime;
+use kiroku_proto::auth::identity;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;

@@ -1,13 +1,12 @@
 //! The gRPC face of the write side: commands, command results and the audit history, behind
 //! bearer-token authentication, with health and reflection services.
 
-mod auth;
 mod commands;
 mod history;
 mod server;
 mod status;
 
-pub use auth::{Auth, AuthConfigError, Identity, PRINCIPAL_HEADER};
 pub use commands::{CommandApi, ProjectionWait};
 pub use history::HistoryApi;
+pub use kiroku_proto::auth::{Auth, AuthConfigError, Identity, PRINCIPAL_HEADER};
 pub use server::{WriteApi, WriteApiConfig};

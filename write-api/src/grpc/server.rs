@@ -10,6 +10,7 @@ use kiroku_proto::codec::TRANSPORT_MAX_BYTES;
 use kiroku_proto::v1::command_service_server::CommandServiceServer;
 use kiroku_proto::v1::history_service_server::HistoryServiceServer;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
@@ -39,6 +40,9 @@ pub struct WriteApi {
     pub config: WriteApiConfig,
     /// The read model in this process, for `WAIT_MODE_PROJECTED`.
     pub projections: Option<Arc<dyn ProjectionWait>>,
+    /// More gRPC services on the same port (`kiroku dev` adds the read API), each with its own
+    /// authentication.
+    pub extra_routes: Option<Routes>,
 }
 
 impl WriteApi {
@@ -73,6 +77,7 @@ impl WriteApi {
         let drain = self.config.drain_timeout;
         let result = Server::builder()
             .timeout(self.config.request_timeout)
+            .add_routes(self.extra_routes.unwrap_or_default())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(InterceptedService::new(commands, interceptor.clone()))

@@ -1,5 +1,5 @@
-//! Bearer-token authentication. The principal of every command comes from here, never from the
-//! request body.
+//! Bearer-token authentication for every kiroku service (gRPC and HTTP). The principal of every
+//! command comes from here, never from the request body.
 //!
 //! Tokens are configured as `token=principal[:role+role]` pairs (comma separated, in
 //! `KIROKU_TOKENS`) or as lines `TOKEN PRINCIPAL [ROLE,ROLE]` in a file (`KIROKU_TOKENS_FILE`).
@@ -201,7 +201,7 @@ impl Auth {
 }
 
 /// The identity the interceptor established for this request.
-pub(crate) fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
+pub fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
     request
         .extensions()
         .get::<Identity>()

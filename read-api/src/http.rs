@@ -1,0 +1,307 @@
+//! The HTTP/JSON face (axum) over the same [`ReadQueries`], with Server-Sent Events for live push
+//! and Prometheus metrics.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/rooms/{room_id}` | room summary |
+//! | `GET /v1/rooms/{room_id}/messages?cursor=&page_size=` | a page of messages, newest first |
+//! | `GET /v1/rooms/{room_id}/live?after_version=` | SSE: one `update` event per change (`id` = version; `Last-Event-ID` resumes) |
+//! | `GET /v1/members/{user_id}/rooms?limit=` | the rooms a user is a member of |
+//! | `GET /v1/projections/{projection}` | position, lag, dead letters |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (no credentials needed, no data) |
+//!
+//! Queries take `consistent_with=ROOM_ID:VERSION` (the pair every command reply carries) and
+//! `timeout_ms`. Errors are `{"code": "NOT_FOUND", "message": "…"}` with the HTTP status
+//! grpc-gateway gives the same gRPC code. Every route but the probes needs credentials, exactly
+//! as the gRPC services do.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use kiroku_proto::auth::Auth;
+use kiroku_read_model_updater::{MessagePage, PROJECTIONS, ROOMS, RoomSummary};
+use serde::Deserialize;
+use tonic::metadata::MetadataMap;
+
+use crate::error::ReadError;
+use crate::live::LiveStreams;
+use crate::query::{ConsistencyToken, ProjectionStatus, ReadQueries};
+
+#[derive(Clone)]
+struct AppState {
+    queries: ReadQueries,
+    live: LiveStreams,
+}
+
+pub fn router(queries: ReadQueries, live: LiveStreams, auth: Auth) -> Router {
+    let state = AppState { queries, live };
+    let api = Router::new()
+        .route("/v1/rooms/{room_id}", get(room))
+        .route("/v1/rooms/{room_id}/messages", get(messages))
+        .route("/v1/rooms/{room_id}/live", get(live_room))
+        .route("/v1/members/{user_id}/rooms", get(member_rooms))
+        .route("/v1/projections/{projection}", get(projection))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(auth, authenticate));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "serving"})) }),
+        )
+        .route("/readyz", get(ready))
+        .merge(api)
+        .fallback(|| async {
+            ReadError::NotFound("no such route; see the read API's routes in its docs".into())
+        })
+        .with_state(state)
+}
+
+async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+    let metadata = MetadataMap::from_headers(request.headers().clone());
+    match auth.authenticate(&metadata) {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(status) => ReadError::Unauthenticated(status.message().to_owned()).into_response(),
+    }
+}
+
+type Params<T> = Result<Query<T>, QueryRejection>;
+
+fn params<T>(p: Params<T>) -> Result<T, ReadError> {
+    p.map(|Query(p)| p)
+        .map_err(|e| ReadError::invalid(e.body_text()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomParams {
+    consistent_with: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesParams {
+    consistent_with: Option<String>,
+    timeout_ms: Option<u64>,
+    cursor: Option<String>,
+    page_size: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberParams {
+    consistent_with: Option<String>,
+    timeout_ms: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveParams {
+    after_version: Option<u64>,
+}
+
+/// `consistent_with=ROOM_ID:VERSION` and `timeout_ms`.
+fn token(
+    consistent_with: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<Option<ConsistencyToken>, ReadError> {
+    let (id, version) = match consistent_with {
+        None | Some("") => ("", 0),
+        Some(s) => s
+            .rsplit_once(':')
+            .and_then(|(id, v)| Some((id, v.parse::<u64>().ok()?)))
+            .ok_or_else(|| {
+                ReadError::invalid(format!(
+                    "consistent_with {s:?} is not ROOM_ID:VERSION (the room id and version a command reply gives)"
+                ))
+            })?,
+    };
+    ConsistencyToken::parse(id, version, timeout_ms.unwrap_or(0))
+}
+
+async fn room(
+    State(s): State<AppState>,
+    Path(room_id): Path<String>,
+    p: Params<RoomParams>,
+) -> Result<Json<RoomSummary>, ReadError> {
+    let p = params(p)?;
+    let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
+    Ok(Json(s.queries.room(&room_id, token.as_ref()).await?))
+}
+
+async fn messages(
+    State(s): State<AppState>,
+    Path(room_id): Path<String>,
+    p: Params<MessagesParams>,
+) -> Result<Json<MessagePage>, ReadError> {
+    let p = params(p)?;
+    let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
+    let page = s
+        .queries
+        .messages(
+            &room_id,
+            p.cursor.as_deref().unwrap_or(""),
+            p.page_size.unwrap_or(0),
+            token.as_ref(),
+        )
+        .await?;
+    Ok(Json(page))
+}
+
+async fn member_rooms(
+    State(s): State<AppState>,
+    Path(user_id): Path<String>,
+    p: Params<MemberParams>,
+) -> Result<Json<serde_json::Value>, ReadError> {
+    let p = params(p)?;
+    let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
+    let rooms = s
+        .queries
+        .member_rooms(&user_id, p.limit.unwrap_or(0), token.as_ref())
+        .await?;
+    Ok(Json(serde_json::json!({ "rooms": rooms })))
+}
+
+async fn projection(
+    State(s): State<AppState>,
+    Path(projection): Path<String>,
+) -> Result<Json<ProjectionStatus>, ReadError> {
+    Ok(Json(s.queries.status(&projection).await?))
+}
+
+async fn live_room(
+    State(s): State<AppState>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    p: Params<LiveParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ReadError> {
+    let p = params(p)?;
+    // A reconnecting EventSource sends the id of the last event it received.
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ReadError::invalid("Last-Event-ID is not a room version"))?,
+        ),
+    };
+    let after = resume.or(p.after_version).unwrap_or(0);
+    let updates = s.live.watch_room(&s.queries, &room_id, after).await?;
+    let events = updates.map(|u| {
+        Ok(match u {
+            Ok(u) => Event::default()
+                .event("update")
+                .id(u.version.to_string())
+                .json_data(&u)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
+            Err(e) => Event::default().event("error").data(e.to_string()),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    match s.queries.status(ROOMS).await {
+        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready", "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// How one gauge reads a projection's status (`None`: not known here).
+type Gauge = fn(&ProjectionStatus) -> Option<f64>;
+
+/// Prometheus text exposition of every projection's position, lag and dead letters.
+async fn metrics(State(s): State<AppState>) -> Result<Response, ReadError> {
+    let mut statuses = Vec::new();
+    for p in PROJECTIONS {
+        statuses.push(s.queries.status(p).await?);
+    }
+    let mut out = String::new();
+    let gauges: [(&str, &str, Gauge); 6] = [
+        (
+            "kiroku_projection_position",
+            "Journal global position the active version has applied.",
+            |s| Some(s.position as f64),
+        ),
+        (
+            "kiroku_projection_head",
+            "Newest global position of the journal.",
+            |s| s.head.map(|h| h as f64),
+        ),
+        (
+            "kiroku_projection_lag_events",
+            "Events committed to the journal and not yet applied.",
+            |s| s.lag_events.map(|l| l as f64),
+        ),
+        (
+            "kiroku_projection_lag_seconds",
+            "Age of the newest applied event while events wait (0 when caught up).",
+            |s| Some(s.lag_seconds),
+        ),
+        (
+            "kiroku_projection_dead_letters",
+            "Events parked because the projection failed on them.",
+            |s| Some(s.dead_letters as f64),
+        ),
+        (
+            "kiroku_projection_active_version",
+            "Version of the projection's tables that serves queries.",
+            |s| Some(s.active_version as f64),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for status in &statuses {
+            if let Some(v) = value(status) {
+                let _ = writeln!(out, "{name}{{projection=\"{}\"}} {v}", status.projection);
+            }
+        }
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistent_with_is_room_and_version() {
+        let t = token(Some("lobby:7"), Some(100)).unwrap().unwrap();
+        assert_eq!((t.aggregate_id.as_str(), t.version), ("lobby", 7));
+        // Room ids may hold colons: the version is after the last one.
+        let t = token(Some("a:b:3"), None).unwrap().unwrap();
+        assert_eq!((t.aggregate_id.as_str(), t.version), ("a:b", 3));
+        assert_eq!(token(None, None).unwrap(), None);
+        for bad in ["lobby", "lobby:x", ":3x"] {
+            let e = token(Some(bad), None).unwrap_err();
+            assert_eq!(e.http_status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(token(Some("lobby:1"), Some(30_001)).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The read API: the projected views, served over gRPC (`kiroku.v1.ReadService`) and HTTP/JSON
+//! from one query layer.
+//!
+//! * [`ReadQueries`] validates, waits for consistency tokens (read-your-writes, bounded) and
+//!   reads the active version of the views.
+//! * [`grpc`] and [`http`] are the two faces; [`error`] is the one place errors become gRPC
+//!   codes and HTTP statuses.
+//! * [`LiveStreams`] pushes a room's view changes as they are projected (gRPC server stream and
+//!   Server-Sent Events), each change once, in order, resumable by version.
+//! * [`ReadApi`] assembles them; `kiroku dev` mounts its gRPC routes on the write API's port.
+
+mod error;
+pub mod grpc;
+pub mod http;
+mod live;
+mod query;
+mod server;
+
+pub use error::{APPLIED_VERSION, ReadError};
+pub use kiroku_read_model_updater::Progress;
+pub use live::{LiveStreams, RoomUpdate};
+pub use query::{
+    ConsistencyToken, DEFAULT_CONSISTENCY_WAIT, Head, MAX_CONSISTENCY_WAIT, ProjectionStatus,
+    ReadQueries,
+};
+pub use server::{ReadApi, ServeError};
