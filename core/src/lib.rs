@@ -3,6 +3,7 @@
 //! write side (`kiroku-write-api`) drives these types, the journal stores what they produce.
 
 mod aggregate;
+pub mod ids;
 mod snapshot;
 
 pub use aggregate::{Aggregate, Caller, DecodeError, EncodedEvent, Rejection, RejectionKind};

@@ -121,10 +121,7 @@ fn token(
 ) -> Result<Option<ConsistencyToken>, ReadError> {
     let (id, version) = match consistent_with {
         None | Some("") => ("", 0),
-        Some(s) => s
-            .rsplit_once(':')
-            .and_then(|(id, v)| Some((id, v.parse::<u64>().ok()?)))
-            .ok_or_else(|| {
+        Some(s) => ConsistencyToken::split(s).ok_or_else(|| {
                 ReadError::invalid(format!(
                     "consistent_with {s:?} is not ROOM_ID:VERSION (the room id and version a command reply gives)"
                 ))

@@ -22,7 +22,6 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 200;
 pub const DEFAULT_ROOMS_LIMIT: u32 = 100;
 pub const MAX_ROOMS_LIMIT: u32 = 1000;
-const MAX_ID_CHARS: usize = 128;
 /// The aggregate type of the reference domain's views.
 const ROOM: &str = "room";
 
@@ -35,6 +34,13 @@ pub struct ConsistencyToken {
 }
 
 impl ConsistencyToken {
+    /// Splits the text form `AGGREGATE_ID:VERSION` (the id may hold colons; the version is after
+    /// the last one).
+    pub fn split(text: &str) -> Option<(&str, u64)> {
+        let (id, version) = text.rsplit_once(':')?;
+        Some((id, version.parse().ok()?))
+    }
+
     /// Validates a token as the faces receive it; `None` when the request carries none.
     pub fn parse(
         aggregate_id: &str,
@@ -250,21 +256,12 @@ impl From<StoreError> for ReadError {
     }
 }
 
+/// A required id: not empty, and as every service checks ids.
 pub(crate) fn check_id(what: &str, value: &str) -> Result<(), ReadError> {
     if value.is_empty() {
         return Err(ReadError::invalid(format!("{what} is empty")));
     }
-    if value.chars().count() > MAX_ID_CHARS {
-        return Err(ReadError::invalid(format!(
-            "{what} is longer than {MAX_ID_CHARS} characters"
-        )));
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ReadError::invalid(format!(
-            "{what} must not contain whitespace or control characters"
-        )));
-    }
-    Ok(())
+    kiroku_core::ids::check_id(what, value).map_err(ReadError::InvalidArgument)
 }
 
 fn bounded(what: &str, value: u32, default: u32, max: u32) -> Result<usize, ReadError> {

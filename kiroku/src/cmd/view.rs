@@ -3,6 +3,7 @@
 
 use clap::{Args, Subcommand};
 use kiroku_proto::v1::{self as pb};
+use kiroku_read_api::ConsistencyToken;
 
 use super::client::{ClientArgs, format_ms, status_error};
 
@@ -51,9 +52,7 @@ enum ViewCommand {
 
 fn consistency(spec: Option<&str>) -> anyhow::Result<Option<pb::Consistency>> {
     let Some(spec) = spec else { return Ok(None) };
-    let (id, version) = spec
-        .rsplit_once(':')
-        .and_then(|(id, v)| Some((id, v.parse::<u64>().ok()?)))
+    let (id, version) = ConsistencyToken::split(spec)
         .ok_or_else(|| anyhow::anyhow!("--consistent-with {spec:?} is not ROOM_ID:VERSION"))?;
     Ok(Some(pb::Consistency {
         aggregate_id: id.to_owned(),

@@ -131,18 +131,7 @@ pub fn start_lines(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child,
 }
 
 pub fn dev(data: &Path) -> Kiroku {
-    start(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    )
+    dev_served(data).kiroku
 }
 
 pub async fn channel(url: &str) -> Channel {

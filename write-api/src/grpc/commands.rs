@@ -21,7 +21,6 @@ use crate::runtime::{
 };
 use kiroku_proto::auth::identity;
 
-const MAX_ID_CHARS: usize = 128;
 /// Namespaces for ids derived from `(principal, command_id)`, so a resent command names the same
 /// room or message.
 const ROOM_NS: Uuid = Uuid::from_u128(0x6b69726f_6b75_4000_8000_726f6f6d0001);
@@ -74,17 +73,7 @@ fn deadline<T>(request: &Request<T>) -> Option<Duration> {
 }
 
 fn check_id(what: &str, value: &str) -> Result<(), Status> {
-    if value.chars().count() > MAX_ID_CHARS {
-        return Err(Status::invalid_argument(format!(
-            "{what} is longer than {MAX_ID_CHARS} characters"
-        )));
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Status::invalid_argument(format!(
-            "{what} must not contain whitespace or control characters"
-        )));
-    }
-    Ok(())
+    kiroku_core::ids::check_id(what, value).map_err(Status::invalid_argument)
 }
 
 fn derived(ns: &Uuid, principal: &str, command_id: &str) -> String {
