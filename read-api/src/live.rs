@@ -1,16 +1,17 @@
 //! Live push: a room's view changes as they are projected, for the gRPC stream and SSE alike.
 //!
-//! One task per subscriber follows the room's version in the view. It wakes on every commit of
-//! the updater when that runs in this process, and polls the store otherwise (another process
-//! writes it). Each update carries the messages whose `changed_version` lies in
+//! One task per subscriber follows the room's version in the view. When the updater runs in this
+//! process the task wakes only for commits that touched its room (the updater's `changes`); when
+//! another process writes the views it polls the store. Each update carries the messages whose `changed_version` lies in
 //! `(previous version, new version]`, so every change is sent exactly once, in order; a
 //! subscriber resumes after a disconnect by passing the last version it received.
 
 use std::time::Duration;
 
+use kiroku_read_model_updater::Changed;
 use kiroku_read_model_updater::{MessageView, RoomSummary};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ReadError;
@@ -38,6 +39,7 @@ pub struct RoomUpdate {
 pub struct LiveStreams {
     closing: watch::Sender<bool>,
     poll: Duration,
+    changes: Option<broadcast::Sender<Changed>>,
 }
 
 impl Default for LiveStreams {
@@ -52,7 +54,14 @@ impl LiveStreams {
         Self {
             closing: watch::channel(false).0,
             poll,
+            changes: None,
         }
+    }
+
+    /// Wake subscribers from the commits of the updater in this process instead of polling.
+    pub fn following(mut self, changes: broadcast::Sender<Changed>) -> Self {
+        self.changes = Some(changes);
+        self
     }
 
     pub fn close(&self) {
@@ -68,13 +77,15 @@ impl LiveStreams {
         after_version: u64,
     ) -> Result<ReceiverStream<Result<RoomUpdate, ReadError>>, ReadError> {
         check_id("room id", room_id)?;
+        // Subscribed before the first read, so no commit after it goes unnoticed.
+        let changes = self.changes.as_ref().map(broadcast::Sender::subscribe);
         queries.existing_room(room_id).await?;
         let (tx, rx) = mpsc::channel(BUFFERED_UPDATES);
         let follower = Follower {
             queries: queries.clone(),
             room_id: room_id.to_owned(),
             after: after_version,
-            commits: queries.commits(),
+            changes,
             closing: self.closing.subscribe(),
             poll: self.poll,
         };
@@ -87,7 +98,7 @@ struct Follower {
     queries: ReadQueries,
     room_id: String,
     after: u64,
-    commits: Option<watch::Receiver<crate::Progress>>,
+    changes: Option<broadcast::Receiver<Changed>>,
     closing: watch::Receiver<bool>,
     poll: Duration,
 }
@@ -97,10 +108,6 @@ impl Follower {
         loop {
             if *self.closing.borrow() {
                 return;
-            }
-            // Mark commits seen before reading, so a commit during the read wakes us again.
-            if let Some(c) = self.commits.as_mut() {
-                c.borrow_and_update();
             }
             match self.next_update().await {
                 Ok(Some(update)) => {
@@ -116,19 +123,36 @@ impl Follower {
                     return;
                 }
             }
-            // Nothing new: wait for a commit (bounded, which also covers a rebuild's switch and
-            // other processes), the subscriber leaving, or shutdown.
-            let wait = match &self.commits {
-                Some(_) => Duration::from_secs(1),
-                None => self.poll,
+            // Nothing new: wait for a commit that touched this room (bounded, which also covers
+            // a rebuild's switch), the subscriber leaving, or shutdown.
+            let (changes, closing) = (&mut self.changes, &mut self.closing);
+            let room_id = self.room_id.as_str();
+            let wait = if changes.is_some() {
+                Duration::from_secs(1)
+            } else {
+                self.poll
             };
-            let (commits, closing) = (&mut self.commits, &mut self.closing);
             let commit = async {
-                match commits.as_mut() {
-                    Some(c) => {
-                        let _ = c.changed().await;
+                let Some(rx) = changes.as_mut() else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    match rx.recv().await {
+                        Ok(touched) => {
+                            if touched
+                                .iter()
+                                .any(|s| s.aggregate_type == "room" && s.aggregate_id == room_id)
+                            {
+                                return;
+                            }
+                        }
+                        // Fell behind: look for ourselves.
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        // The updater stopped: poll.
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return std::future::pending().await;
+                        }
                     }
-                    None => std::future::pending().await,
                 }
             };
             tokio::select! {

@@ -121,14 +121,6 @@ impl ReadQueries {
         }
     }
 
-    /// Wakes on each commit of the updater in this process; `None` when it runs elsewhere.
-    pub(crate) fn commits(&self) -> Option<watch::Receiver<Progress>> {
-        match &self.head {
-            Head::Updater(progress) => Some(progress.clone()),
-            _ => None,
-        }
-    }
-
     async fn consistent(&self, token: Option<&ConsistencyToken>) -> Result<(), ReadError> {
         let Some(token) = token else { return Ok(()) };
         let stream = StreamId::new(ROOM, token.aggregate_id.clone());

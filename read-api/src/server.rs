@@ -37,6 +37,12 @@ impl ReadApi {
         }
     }
 
+    /// Live push woken by the commits of the updater in this process (see [`LiveStreams`]).
+    pub fn with_live(mut self, live: LiveStreams) -> Self {
+        self.live = live;
+        self
+    }
+
     fn service(&self) -> ReadServiceServer<ReadGrpc> {
         ReadServiceServer::new(ReadGrpc::new(self.queries.clone(), self.live.clone()))
             .max_decoding_message_size(TRANSPORT_MAX_BYTES)

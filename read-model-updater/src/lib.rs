@@ -28,7 +28,7 @@ pub use store::{
     PostgresReadStore, ProjectedEvent, ProjectionState, ReadStore, RoomSummary, SqliteReadStore,
     StoreError, ViewsDump, open_store,
 };
-pub use updater::{Progress, Updater, UpdaterConfig, UpdaterError};
+pub use updater::{Changed, Progress, Updater, UpdaterConfig, UpdaterError};
 pub use waiter::{Consistency, ConsistencyWaiter};
 
 #[doc(hidden)]

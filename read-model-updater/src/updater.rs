@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiroku_journal::{Envelope, Journal, JournalError, StreamId};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::store::{Batch, Poison, ProjectedEvent, ReadStore, StoreError};
 use crate::{Feed, Projection};
@@ -88,6 +88,7 @@ pub struct Updater {
     config: UpdaterConfig,
     target: Target,
     progress: watch::Sender<Progress>,
+    changes: broadcast::Sender<Changed>,
     /// Highest sequence handled (applied or parked) per aggregate; a cache of the store's.
     handled: HashMap<StreamId, u64>,
     /// The version whose checkpoint the updater resumed from.
@@ -95,6 +96,11 @@ pub struct Updater {
 }
 
 const MAX_CACHED_STREAMS: usize = 200_000;
+/// Commits a slow live subscriber may fall behind before it is told it lagged.
+const CHANGES_BUFFER: usize = 1024;
+
+/// The aggregates one commit changed (sorted).
+pub type Changed = Arc<Vec<StreamId>>;
 
 impl Updater {
     pub fn new(
@@ -112,6 +118,7 @@ impl Updater {
             config,
             target: Target::Active,
             progress: watch::channel(Progress::default()).0,
+            changes: broadcast::channel(CHANGES_BUFFER).0,
             handled: HashMap::new(),
             loaded: None,
         }
@@ -125,6 +132,12 @@ impl Updater {
 
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    /// The aggregates each commit touched, for live push: a subscriber wakes only for its own.
+    /// One that lags behind gets `Lagged` and must look for itself.
+    pub fn changes(&self) -> broadcast::Sender<Changed> {
+        self.changes.clone()
     }
 
     /// Runs until `shutdown` completes (finishing the batch in hand) or a permanent error.
@@ -176,6 +189,12 @@ impl Updater {
             }
             out
         };
+        let mut touched: Vec<StreamId> = projected
+            .iter()
+            .map(|e| e.envelope.stream.clone())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
         let batch = Batch {
             projection: self.projection.name().to_owned(),
             version,
@@ -184,6 +203,8 @@ impl Updater {
             last_event_ms,
         };
         let (applied, parked) = self.commit(batch).await?;
+        // No subscriber is fine: the send only fails then.
+        let _ = self.changes.send(Arc::new(touched));
         self.publish(
             version,
             end,

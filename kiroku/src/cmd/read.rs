@@ -11,12 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiroku_journal::StreamId;
 use kiroku_read_api::{Head, ReadApi, ReadQueries};
 use kiroku_read_model_updater::{
-    Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
+    Changed, Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
     RoomsProjection, Updater, UpdaterConfig, dead_letters, open_store, rebuild,
 };
 use kiroku_write_api::grpc::{AuthConfigError, ProjectionWait};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::serve::{AuthArgs, init_tracing, shutdown_signal};
@@ -36,6 +36,7 @@ pub struct UpdaterArgs {
 pub struct ReadSide {
     pub store: Arc<dyn ReadStore>,
     pub progress: watch::Receiver<Progress>,
+    pub changes: broadcast::Sender<Changed>,
     pub waiter: ConsistencyWaiter,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -71,6 +72,7 @@ impl ReadSide {
             config,
         );
         let progress = updater.progress();
+        let changes = updater.changes();
         let waiter = ConsistencyWaiter::new(store.clone(), ROOMS, Some(progress.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -84,6 +86,7 @@ impl ReadSide {
         Self {
             store,
             progress,
+            changes,
             waiter,
             stop,
             task,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kiroku_read_api::{Head, ReadApi, ReadQueries};
+use kiroku_read_api::{Head, LiveStreams, ReadApi, ReadQueries};
 use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
 use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 use tokio::net::TcpListener;
@@ -159,7 +159,8 @@ async fn serve(
             let api = ReadApi::new(
                 ReadQueries::new(side.store.clone(), Head::Updater(side.progress.clone())),
                 auth.clone(),
-            );
+            )
+            .with_live(LiveStreams::default().following(side.changes.clone()));
             let http = TcpListener::bind(read.http)
                 .await
                 .with_context(|| format!("binding {}", read.http))?;
