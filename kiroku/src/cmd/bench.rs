@@ -40,6 +40,8 @@ enum Bench {
     Rebuild(super::bench_read::RebuildBenchArgs),
     /// Projection lag from command acknowledgement to the views, under a sustained load.
     Lag(super::bench_read::LagArgs),
+    /// From command acknowledgement to the message pushed to live gRPC subscribers.
+    Push(super::bench_push::PushArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -51,6 +53,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Dynamodb(a) => dynamodb(a).await,
         Bench::Rebuild(a) => super::bench_read::rebuild_rate(a).await,
         Bench::Lag(a) => super::bench_read::lag(a).await,
+        Bench::Push(a) => super::bench_push::push(a).await,
     }
 }
 

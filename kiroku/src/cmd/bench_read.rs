@@ -209,59 +209,7 @@ pub async fn lag(a: LagArgs) -> anyhow::Result<()> {
         seen
     });
     let rooms = AggregateRuntime::<Room>::new(opened.port(), RuntimeConfig::default());
-    let meta = |id: String| CommandMeta {
-        command_id: id,
-        caller: Caller::new("bench"),
-        expected_version: None,
-        correlation_id: String::new(),
-        causation_id: String::new(),
-    };
-    for r in 0..a.rooms {
-        rooms
-            .execute(
-                &format!("room-{r}"),
-                RoomCommand::Create {
-                    name: format!("room {r}"),
-                },
-                meta(format!("create-{r}")),
-            )
-            .await?;
-    }
-    let acks = Arc::new(parking_lot::Mutex::new(Vec::<(String, u64, Instant)>::new()));
-    let start = Instant::now();
-    let total = a.rate * a.seconds;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut sent = 0u64;
-    let mut tasks = Vec::new();
-    while sent < total {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * a.rate as f64) as u64).min(total);
-        while sent < due {
-            let (rooms, acks) = (rooms.clone(), acks.clone());
-            let room = format!("room-{}", sent % a.rooms);
-            let id = format!("post-{sent}");
-            tasks.push(tokio::spawn(async move {
-                let done = rooms
-                    .execute(
-                        &room,
-                        RoomCommand::PostMessage {
-                            message_id: id.clone(),
-                            body: "x".repeat(100),
-                        },
-                        meta(id),
-                    )
-                    .await;
-                if let Ok(done) = done {
-                    acks.lock().push((room, done.version, Instant::now()));
-                }
-            }));
-            sent += 1;
-        }
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let elapsed = start.elapsed();
+    let (acks, elapsed) = sustained_posts(&rooms, a.rooms, a.rate, a.seconds).await?;
     let head = opened.port().head_position().await?.unwrap_or(0);
     let mut progress = side.progress.clone();
     tokio::time::timeout(
@@ -283,7 +231,7 @@ pub async fn lag(a: LagArgs) -> anyhow::Result<()> {
         }
     }
     let mut hist = Histogram::<u64>::new(3)?;
-    for (room, version, acked) in acks.lock().iter() {
+    for (room, version, acked) in &acks {
         let p = position[&(room.clone(), *version)];
         let i = seen.partition_point(|(_, pos)| *pos < p);
         let visible = seen.get(i).map(|(t, _)| *t).unwrap_or_else(Instant::now);
@@ -297,4 +245,69 @@ pub async fn lag(a: LagArgs) -> anyhow::Result<()> {
     );
     print_latency(&hist);
     Ok(())
+}
+
+/// Creates `rooms` rooms, then posts to them round-robin at `rate` commands/s for `seconds`.
+/// Returns each acknowledged post as (room, version, when acknowledged), and the time it took.
+pub(super) async fn sustained_posts(
+    runtime: &AggregateRuntime<Room>,
+    rooms: u64,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(Vec<(String, u64, Instant)>, Duration)> {
+    let meta = |id: String| CommandMeta {
+        command_id: id,
+        caller: Caller::new("bench"),
+        expected_version: None,
+        correlation_id: String::new(),
+        causation_id: String::new(),
+    };
+    for r in 0..rooms {
+        runtime
+            .execute(
+                &format!("room-{r}"),
+                RoomCommand::Create {
+                    name: format!("room {r}"),
+                },
+                meta(format!("create-{r}")),
+            )
+            .await?;
+    }
+    let acks = Arc::new(parking_lot::Mutex::new(Vec::<(String, u64, Instant)>::new()));
+    let start = Instant::now();
+    let total = rate * seconds;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let mut tasks = Vec::new();
+    while sent < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let (runtime, acks) = (runtime.clone(), acks.clone());
+            let room = format!("room-{}", sent % rooms);
+            let id = format!("post-{sent}");
+            tasks.push(tokio::spawn(async move {
+                let done = runtime
+                    .execute(
+                        &room,
+                        RoomCommand::PostMessage {
+                            message_id: id.clone(),
+                            body: "x".repeat(100),
+                        },
+                        meta(id),
+                    )
+                    .await;
+                if let Ok(done) = done {
+                    acks.lock().push((room, done.version, Instant::now()));
+                }
+            }));
+            sent += 1;
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed();
+    let acks = std::mem::take(&mut *acks.lock());
+    Ok((acks, elapsed))
 }

@@ -1,4 +1,5 @@
 pub mod bench;
+mod bench_push;
 mod bench_read;
 pub mod client;
 pub mod read;
