@@ -617,30 +617,66 @@ async fn a_rebuild_while_the_read_api_serves_keeps_answering_and_changes_nothing
 
     let journal = format!("sqlite://{}", dir.path().join("journal.db").display());
     let views = format!("sqlite://{}", dir.path().join("views.db").display());
-    let mut rebuild = command(
-        &["rebuild", "rooms", "--batch-size", "50"],
-        &[("KIROKU_JOURNAL", &journal), ("KIROKU_READ_STORE", &views)],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    // Queries keep answering, with the same views, all through the rebuild and its switch.
+    let rebuild = |batch: &str| {
+        command(
+            &["rebuild", "rooms", "--batch-size", batch],
+            &[("KIROKU_JOURNAL", &journal), ("KIROKU_READ_STORE", &views)],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let status = || async { get(&format!("{}/v1/projections/rooms", k.http)).await.1 };
+
+    // A rebuild killed half-way leaves the active version serving and resumes where it stopped.
+    let mut first = rebuild("1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status().await;
+        if s["building_version"] == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rebuild never began: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let s = status().await;
+    assert_eq!(
+        (&s["active_version"], &s["building_version"]),
+        (&Value::from(1), &Value::from(2)),
+        "{s}"
+    );
+    assert_eq!(snapshot().await, before);
+
+    // Queries keep answering, with the same views, all through the resumed rebuild and its switch.
+    let mut second = rebuild("50");
     let mut rounds = 0;
     let done = loop {
         assert_eq!(snapshot().await, before);
         rounds += 1;
-        if let Some(status) = rebuild.try_wait().unwrap() {
+        if let Some(status) = second.try_wait().unwrap() {
             break status;
         }
     };
     assert!(done.success(), "rebuild failed");
     assert!(rounds >= 1);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("as version 2"), "it resumed version 2: {out}");
     assert_eq!(
         snapshot().await,
         before,
         "the rebuilt views equal the live ones"
     );
-    let (_, status) = get(&format!("{}/v1/projections/rooms", k.http)).await;
-    assert_eq!(status["active_version"], 2, "{status}");
+    let s = status().await;
+    assert_eq!(
+        (&s["active_version"], &s["building_version"]),
+        (&Value::from(2), &Value::Null),
+        "{s}"
+    );
 }
