@@ -19,6 +19,8 @@ use crate::query::{ReadQueries, check_id};
 
 /// Messages read per store query while catching up.
 const CHANGES_PER_READ: usize = 500;
+/// The aggregate type whose views are pushed.
+const ROOM: &str = "room";
 /// Updates buffered for a slow subscriber before its task waits for it.
 const BUFFERED_UPDATES: usize = 16;
 
@@ -105,28 +107,33 @@ struct Follower {
 
 impl Follower {
     async fn run(mut self, tx: mpsc::Sender<Result<RoomUpdate, ReadError>>) {
+        // The newest version of the room the updater's commits announced; `None` when there is
+        // no announcement to trust (no updater here, lagged, timed out): then ask the store.
+        let mut announced: Option<u64> = None;
         loop {
             if *self.closing.borrow() {
                 return;
             }
-            match self.next_update().await {
-                Ok(Some(update)) => {
-                    self.after = update.version;
-                    if tx.send(Ok(update)).await.is_err() {
-                        return; // the subscriber went away
+            if announced.is_none_or(|v| v > self.after) {
+                match self.next_update().await {
+                    Ok(Some(update)) => {
+                        self.after = update.version;
+                        if tx.send(Ok(update)).await.is_err() {
+                            return; // the subscriber went away
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
-            // Nothing new: wait for a commit that touched this room (bounded, which also covers
-            // a rebuild's switch), the subscriber leaving, or shutdown.
+            // Nothing new: wait for a commit that moved this room past what was sent (bounded,
+            // which also covers a rebuild's switch), the subscriber leaving, or shutdown.
             let (changes, closing) = (&mut self.changes, &mut self.closing);
-            let room_id = self.room_id.as_str();
+            let (room_id, after) = (self.room_id.as_str(), self.after);
             let wait = if changes.is_some() {
                 Duration::from_secs(1)
             } else {
@@ -139,15 +146,15 @@ impl Follower {
                 loop {
                     match rx.recv().await {
                         Ok(touched) => {
-                            if touched
-                                .iter()
-                                .any(|s| s.aggregate_type == "room" && s.aggregate_id == room_id)
-                            {
-                                return;
+                            let ours = touched.iter().find(|(s, _)| {
+                                s.aggregate_type == ROOM && s.aggregate_id == room_id
+                            });
+                            if let Some((_, version)) = ours.filter(|(_, v)| *v > after) {
+                                return Some(*version);
                             }
                         }
                         // Fell behind: look for ourselves.
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return None,
                         // The updater stopped: poll.
                         Err(broadcast::error::RecvError::Closed) => {
                             return std::future::pending().await;
@@ -155,12 +162,12 @@ impl Follower {
                     }
                 }
             };
-            tokio::select! {
-                _ = commit => {}
-                _ = tokio::time::sleep(wait) => {}
+            announced = tokio::select! {
+                version = commit => version,
+                _ = tokio::time::sleep(wait) => None,
                 _ = tx.closed() => return,
                 _ = closing.changed() => return,
-            }
+            };
         }
     }
 

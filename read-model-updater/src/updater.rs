@@ -99,8 +99,9 @@ const MAX_CACHED_STREAMS: usize = 200_000;
 /// Commits a slow live subscriber may fall behind before it is told it lagged.
 const CHANGES_BUFFER: usize = 1024;
 
-/// The aggregates one commit changed (sorted).
-pub type Changed = Arc<Vec<StreamId>>;
+/// The aggregates one commit changed, each with the newest sequence number the commit handled
+/// (sorted by aggregate).
+pub type Changed = Arc<Vec<(StreamId, u64)>>;
 
 impl Updater {
     pub fn new(
@@ -189,12 +190,13 @@ impl Updater {
             }
             out
         };
-        let mut touched: Vec<StreamId> = projected
+        // Each touched aggregate with the newest sequence number of it in this batch.
+        let mut touched: Vec<(StreamId, u64)> = projected
             .iter()
-            .map(|e| e.envelope.stream.clone())
+            .map(|e| (e.envelope.stream.clone(), e.envelope.sequence))
             .collect();
-        touched.sort_unstable();
-        touched.dedup();
+        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        touched.dedup_by(|later, first| later.0 == first.0);
         let batch = Batch {
             projection: self.projection.name().to_owned(),
             version,

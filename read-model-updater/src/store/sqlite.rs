@@ -26,6 +26,7 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn error(e: rusqlite::Error) -> StoreError {
@@ -71,6 +72,7 @@ impl SqliteReadStore {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::default(),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             }),
         })
     }
@@ -102,8 +104,18 @@ impl Runner for SqliteReadStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut dyn Sql) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
+        // At most MAX_READERS reads at once, so every connection opened is kept: opening one
+        // costs a schema parse, which under many concurrent readers (live push) dominated.
+        let permit = self
+            .inner
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Storage("the read store is closed".into()))?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let popped = inner.readers.lock().pop();
             let mut conn = match popped {
                 Some(c) => c,
