@@ -295,6 +295,7 @@ async fn bad_queries_get_precise_errors() {
         ),
         ("/v1/projections/nope", 404, "NOT_FOUND", "no projection"),
         ("/v2/whatever", 404, "NOT_FOUND", "no such route"),
+        ("/v1/rooms/%FF", 400, "INVALID_ARGUMENT", "UTF-8"),
     ] {
         let (got, body) = get(&format!("{}{path}", k.http)).await;
         assert_eq!(got, status, "{path}: {body}");

@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -78,6 +78,13 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
 }
 
 type Params<T> = Result<Query<T>, QueryRejection>;
+type Id = Result<Path<String>, PathRejection>;
+
+/// A path segment, or why it is not one (e.g. not UTF-8), as a JSON error like every other.
+fn id(p: Id) -> Result<String, ReadError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| ReadError::invalid(e.body_text()))
+}
 
 fn params<T>(p: Params<T>) -> Result<T, ReadError> {
     p.map(|Query(p)| p)
@@ -132,20 +139,20 @@ fn token(
 
 async fn room(
     State(s): State<AppState>,
-    Path(room_id): Path<String>,
+    room_id: Id,
     p: Params<RoomParams>,
 ) -> Result<Json<RoomSummary>, ReadError> {
-    let p = params(p)?;
+    let (room_id, p) = (id(room_id)?, params(p)?);
     let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
     Ok(Json(s.queries.room(&room_id, token.as_ref()).await?))
 }
 
 async fn messages(
     State(s): State<AppState>,
-    Path(room_id): Path<String>,
+    room_id: Id,
     p: Params<MessagesParams>,
 ) -> Result<Json<MessagePage>, ReadError> {
-    let p = params(p)?;
+    let (room_id, p) = (id(room_id)?, params(p)?);
     let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
     let page = s
         .queries
@@ -161,10 +168,10 @@ async fn messages(
 
 async fn member_rooms(
     State(s): State<AppState>,
-    Path(user_id): Path<String>,
+    user_id: Id,
     p: Params<MemberParams>,
 ) -> Result<Json<serde_json::Value>, ReadError> {
-    let p = params(p)?;
+    let (user_id, p) = (id(user_id)?, params(p)?);
     let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
     let rooms = s
         .queries
@@ -175,18 +182,18 @@ async fn member_rooms(
 
 async fn projection(
     State(s): State<AppState>,
-    Path(projection): Path<String>,
+    projection: Id,
 ) -> Result<Json<ProjectionStatus>, ReadError> {
-    Ok(Json(s.queries.status(&projection).await?))
+    Ok(Json(s.queries.status(&id(projection)?).await?))
 }
 
 async fn live_room(
     State(s): State<AppState>,
-    Path(room_id): Path<String>,
+    room_id: Id,
     headers: HeaderMap,
     p: Params<LiveParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ReadError> {
-    let p = params(p)?;
+    let (room_id, p) = (id(room_id)?, params(p)?);
     // A reconnecting EventSource sends the id of the last event it received.
     let resume = match headers.get("last-event-id") {
         None => None,
