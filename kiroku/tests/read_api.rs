@@ -369,7 +369,24 @@ async fn live_subscribers_receive_each_new_message_once_in_order() {
         .await
         .unwrap();
     // A busy neighbour, so the room's updates interleave with other commits.
-    ann.execute(exec("r2", "c-create-2", create("Other")))
+    let other = ann
+        .execute(exec("r2", "c-create-2", create("Other")))
+        .await
+        .unwrap()
+        .into_inner();
+    // Both rooms are in the views before anyone watches them.
+    reads
+        .get_room(pb::GetRoomRequest {
+            room_id: "r2".into(),
+            consistency: token("r2", other.version),
+        })
+        .await
+        .unwrap();
+    reads
+        .get_room(pb::GetRoomRequest {
+            room_id: "r1".into(),
+            consistency: token("r1", 1),
+        })
         .await
         .unwrap();
 
@@ -435,6 +452,62 @@ async fn live_subscribers_receive_each_new_message_once_in_order() {
     assert_eq!(e.code(), Code::NotFound);
     let (status, _) = get(&format!("{}/v1/rooms/nope/live", k.http)).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sigterm_ends_live_streams_and_stops_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut k = dev_served(dir.path());
+    let channel = channel(&k.kiroku.url).await;
+    let mut ann = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
+    let created = ann
+        .execute(exec("r1", "c-create", create("Lobby")))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
+    reads
+        .get_room(pb::GetRoomRequest {
+            room_id: "r1".into(),
+            consistency: token("r1", created.version),
+        })
+        .await
+        .unwrap();
+    let mut grpc = reads
+        .watch_room(pb::WatchRoomRequest {
+            room_id: "r1".into(),
+            after_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    grpc.message().await.unwrap().expect("the first update");
+    let sse = reqwest::get(format!("{}/v1/rooms/r1/live", k.http))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &k.kiroku.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The streams end (not hang), and the process exits cleanly well within the drain time.
+    let ended = tokio::time::timeout(Duration::from_secs(10), grpc.message())
+        .await
+        .expect("the gRPC stream ended on shutdown");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = k.kiroku.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "dev did not stop");
+        // Not a blocking sleep: this runtime drives the client connections, which must answer
+        // the server's GOAWAY/PING for it to close them.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    drop(sse);
 }
 
 const TOKEN: &str = "0123456789abcdef-token";

@@ -73,6 +73,11 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
             request.extensions_mut().insert(identity);
             next.run(request).await
         }
+        // The same code the gRPC face answers (a malformed dev principal header is
+        // INVALID_ARGUMENT, missing or unknown credentials UNAUTHENTICATED).
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            ReadError::invalid(status.message()).into_response()
+        }
         Err(status) => ReadError::Unauthenticated(status.message().to_owned()).into_response(),
     }
 }

@@ -118,14 +118,14 @@ impl Follower {
                 match self.next_update().await {
                     Ok(Some(update)) => {
                         self.after = update.version;
-                        if tx.send(Ok(update)).await.is_err() {
-                            return; // the subscriber went away
+                        if !self.send(&tx, Ok(update)).await {
+                            return; // the subscriber went away, or shutdown
                         }
                         continue;
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        self.send(&tx, Err(e)).await;
                         return;
                     }
                 }
@@ -171,18 +171,35 @@ impl Follower {
         }
     }
 
+    /// Hands an update to the subscriber's buffer; `false` when it went away or the server is
+    /// shutting down (a subscriber that stopped reading must not hold up shutdown).
+    async fn send(
+        &mut self,
+        tx: &mpsc::Sender<Result<RoomUpdate, ReadError>>,
+        update: Result<RoomUpdate, ReadError>,
+    ) -> bool {
+        tokio::select! {
+            sent = tx.send(update) => sent.is_ok(),
+            _ = self.closing.wait_for(|closing| *closing) => false,
+        }
+    }
+
     /// The changes after `self.after`, or `None` when the view has nothing newer.
     async fn next_update(&self) -> Result<Option<RoomUpdate>, ReadError> {
-        // The summary first: messages changed after it was read belong to the next update.
-        let room = self.queries.existing_room(&self.room_id).await?;
+        // Summary and changes from one snapshot of one active version (a rebuild's switch
+        // between two reads could otherwise pair a newer summary with an older version's
+        // changes, and those in between would never be sent).
+        let (room, mut messages) = self
+            .queries
+            .store
+            .room_changes(&self.room_id, self.after, CHANGES_PER_READ)
+            .await?
+            .ok_or_else(|| {
+                ReadError::NotFound(format!("room {:?} does not exist", self.room_id))
+            })?;
         if room.version <= self.after {
             return Ok(None);
         }
-        let mut messages = self
-            .queries
-            .store
-            .message_changes(&self.room_id, self.after, CHANGES_PER_READ)
-            .await?;
         let more = messages.len() == CHANGES_PER_READ;
         messages.retain(|m| m.changed_version <= room.version);
         let update = match (more, messages.last()) {

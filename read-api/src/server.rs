@@ -110,6 +110,7 @@ impl ReadApi {
             .expect("the embedded descriptor sets are valid");
         let live = self.live.clone();
         let grpc_shutdown = shutdown.clone();
+        let drain_after = shutdown.clone();
         let grpc_server = Server::builder()
             .add_routes(self.grpc_routes())
             .add_service(health_service)
@@ -124,6 +125,16 @@ impl ReadApi {
                         .await;
                 },
             );
+        // Like HTTP: open gRPC streams get DRAIN to finish after the signal, then are dropped.
+        let grpc_server = async move {
+            tokio::select! {
+                r = grpc_server => r,
+                _ = async { drain_after.await; tokio::time::sleep(DRAIN).await } => {
+                    tracing::warn!("read api: gRPC connections still open after the drain time; closing");
+                    Ok(())
+                }
+            }
+        };
         let http_server = self.serve_http(http, shutdown);
         let (g, h) = tokio::join!(grpc_server, http_server);
         g.map_err(|e| ServeError::Grpc(e.to_string()))?;

@@ -372,6 +372,17 @@ macro_rules! read_store_suite {
                     .collect();
                 assert_eq!(seen, [("m2", 3), ("m1", 4)]);
                 assert!(store.message_changes("r1", 4, 10).await.unwrap().is_empty());
+                // The summary and the changes after a version, from one snapshot.
+                let (room, changes) = store.room_changes("r1", 2, 10).await.unwrap().unwrap();
+                assert_eq!(room.version, 4);
+                let seen: Vec<_> = changes
+                    .iter()
+                    .map(|m| (m.message_id.as_str(), m.changed_version))
+                    .collect();
+                assert_eq!(seen, [("m2", 3), ("m1", 4)]);
+                let (room, changes) = store.room_changes("r1", 4, 10).await.unwrap().unwrap();
+                assert_eq!((room.version, changes.len()), (4, 0));
+                assert_eq!(store.room_changes("nope", 0, 10).await.unwrap(), None);
             }
 
             #[tokio::test]

@@ -37,7 +37,10 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     ] {
         cmd.env_remove(var);
     }
-    cmd.envs(env.iter().copied()).env("KIROKU_LOG", "warn");
+    cmd.envs(env.iter().copied()).env(
+        "KIROKU_LOG",
+        std::env::var("KIROKU_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     cmd
 }
 

@@ -272,6 +272,16 @@ pub trait ReadStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<MessageView>, StoreError>;
 
+    /// A room's summary and its messages changed after room version `after` (at most `limit`, in
+    /// the order they changed), read from one snapshot of one active version, so a rebuild's
+    /// switch can never fall between the two. `None` for an unknown room.
+    async fn room_changes(
+        &self,
+        room_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<(RoomSummary, Vec<MessageView>)>, StoreError>;
+
     /// Everything in one version of the rooms projection (for comparing a rebuild with the live
     /// views).
     async fn dump(&self, projection: &str, version: u32) -> Result<ViewsDump, StoreError>;

@@ -1181,6 +1181,25 @@ impl<R: Runner> ReadStore for R {
         .await)
     }
 
+    async fn room_changes(
+        &self,
+        room_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<(RoomSummary, Vec<MessageView>)>, StoreError> {
+        run!(self.read, [room_id], |tx| {
+            let Some(summary) = room(tx, room_id).await? else {
+                return Ok(None);
+            };
+            let changes = if summary.version > after {
+                message_changes(tx, room_id, after, limit).await?
+            } else {
+                Vec::new()
+            };
+            Ok(Some((summary, changes)))
+        })
+    }
+
     async fn dump(&self, projection: &str, version: u32) -> Result<ViewsDump, StoreError> {
         run!(self.read, [projection], |tx| dump(tx, projection, version)
             .await)

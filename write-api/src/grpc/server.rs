@@ -75,7 +75,8 @@ impl WriteApi {
         let interceptor = self.auth.interceptor();
         let rooms = self.rooms.clone();
         let drain = self.config.drain_timeout;
-        let result = Server::builder()
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
             .timeout(self.config.request_timeout)
             .add_routes(self.extra_routes.unwrap_or_default())
             .add_service(health_service)
@@ -90,9 +91,24 @@ impl WriteApi {
                     health
                         .set_not_serving::<CommandServiceServer<CommandApi>>()
                         .await;
+                    let _ = signalled.send(());
                 },
-            )
-            .await;
+            );
+        // Open connections get the drain time to finish; a client that stops reading a stream
+        // must not keep the process from stopping.
+        let bounded = async {
+            match on_signal.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = server => r,
+            _ = bounded => {
+                tracing::warn!(timeout = ?drain, "connections still open after the drain time; closing them");
+                Ok(())
+            }
+        };
         if !rooms.shutdown(drain).await {
             tracing::warn!(timeout = ?drain, "some commands did not finish draining in time");
         }
