@@ -39,16 +39,47 @@ async fn get(url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
+type Commands = CommandServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Principal>,
+>;
+type Reads = ReadServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Principal>,
+>;
+type Principal = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+fn ann_principal(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut()
+        .insert("x-kiroku-principal", "ann".parse().unwrap());
+    Ok(r)
+}
+
+/// `kiroku dev` in `dir`, with ann's command and read clients, and ann's room `r1` created and
+/// already in the views (so it can be watched at once).
+async fn dev_with_lobby(dir: &std::path::Path) -> (Served, Commands, Reads) {
+    let k = dev_served(dir);
+    let channel = channel(&k.kiroku.url).await;
+    let mut ann =
+        CommandServiceClient::with_interceptor(channel.clone(), ann_principal as Principal);
+    let mut reads = ReadServiceClient::with_interceptor(channel, ann_principal as Principal);
+    let created = ann
+        .execute(exec("r1", "c-create", create("Lobby")))
+        .await
+        .unwrap()
+        .into_inner();
+    reads
+        .get_room(pb::GetRoomRequest {
+            room_id: "r1".into(),
+            consistency: token("r1", created.version),
+        })
+        .await
+        .unwrap();
+    (k, ann, reads)
+}
+
 #[tokio::test]
 async fn what_is_written_is_read_back_at_once_with_a_consistency_token() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dev_served(dir.path());
-    let channel = channel(&k.kiroku.url).await;
-    let mut ann = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
-    let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
-    ann.execute(exec("r1", "c-create", create("Lobby")))
-        .await
-        .unwrap();
+    let (k, mut ann, mut reads) = dev_with_lobby(dir.path()).await;
     ann.execute(exec("r1", "c-add", add("bob"))).await.unwrap();
     for i in 1..=5u64 {
         let reply = ann
@@ -173,15 +204,11 @@ async fn what_is_written_is_read_back_at_once_with_a_consistency_token() {
 #[tokio::test]
 async fn bad_queries_get_precise_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dev_served(dir.path());
-    let channel = channel(&k.kiroku.url).await;
-    let mut ann = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
-    let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
-    let reply = ann
-        .execute(exec("r1", "c-create", create("Lobby")))
-        .await
-        .unwrap()
-        .into_inner();
+    let (k, _ann, mut reads) = dev_with_lobby(dir.path()).await;
+    let reply = pb::CommandReply {
+        version: 1,
+        ..Default::default()
+    };
 
     let room = |room_id: &str, consistency| pb::GetRoomRequest {
         room_id: room_id.into(),
@@ -361,13 +388,7 @@ async fn sse_messages(response: reqwest::Response, n: usize) -> (Vec<Value>, Str
 #[tokio::test]
 async fn live_subscribers_receive_each_new_message_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dev_served(dir.path());
-    let channel = channel(&k.kiroku.url).await;
-    let mut ann = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
-    let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
-    ann.execute(exec("r1", "c-create", create("Lobby")))
-        .await
-        .unwrap();
+    let (k, mut ann, mut reads) = dev_with_lobby(dir.path()).await;
     // A busy neighbour, so the room's updates interleave with other commits.
     let other = ann
         .execute(exec("r2", "c-create-2", create("Other")))
@@ -379,13 +400,6 @@ async fn live_subscribers_receive_each_new_message_once_in_order() {
         .get_room(pb::GetRoomRequest {
             room_id: "r2".into(),
             consistency: token("r2", other.version),
-        })
-        .await
-        .unwrap();
-    reads
-        .get_room(pb::GetRoomRequest {
-            room_id: "r1".into(),
-            consistency: token("r1", 1),
         })
         .await
         .unwrap();
@@ -457,22 +471,7 @@ async fn live_subscribers_receive_each_new_message_once_in_order() {
 #[tokio::test]
 async fn sigterm_ends_live_streams_and_stops_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut k = dev_served(dir.path());
-    let channel = channel(&k.kiroku.url).await;
-    let mut ann = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
-    let created = ann
-        .execute(exec("r1", "c-create", create("Lobby")))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
-    reads
-        .get_room(pb::GetRoomRequest {
-            room_id: "r1".into(),
-            consistency: token("r1", created.version),
-        })
-        .await
-        .unwrap();
+    let (mut k, _ann, mut reads) = dev_with_lobby(dir.path()).await;
     let mut grpc = reads
         .watch_room(pb::WatchRoomRequest {
             room_id: "r1".into(),

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hdrhistogram::Histogram;
 use kiroku_chat::Room;
-use kiroku_journal::{SqliteJournal, SqliteJournalOptions};
 use kiroku_proto::v1::read_service_client::ReadServiceClient;
 use kiroku_proto::v1::{self as pb};
 use kiroku_read_api::{Head, LiveStreams, ReadApi, ReadQueries};
@@ -17,9 +16,7 @@ use kiroku_write_api::grpc::Auth;
 use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 
 use super::bench::print_latency;
-use super::bench_read::sustained_posts;
-use super::read::{ReadSide, UpdaterArgs, open_read_store};
-use crate::journal_url::Opened;
+use super::bench_read::{embedded_read_side, sustained_posts};
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -37,25 +34,7 @@ type Arrivals = Arc<parking_lot::Mutex<HashMap<(String, u64), Instant>>>;
 
 pub async fn push(a: PushArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let journal = SqliteJournal::open(
-        dir.path().join("journal.db"),
-        SqliteJournalOptions::default(),
-    )?;
-    let opened = Opened::Sqlite(journal.clone());
-    let store = open_read_store(&format!(
-        "sqlite://{}",
-        dir.path().join("views.db").display()
-    ))
-    .await?;
-    let side = ReadSide::start(
-        &opened,
-        true,
-        store,
-        &UpdaterArgs {
-            batch_size: 1000,
-            poll_ms: 20,
-        },
-    );
+    let (opened, side) = embedded_read_side(dir.path(), None).await?;
     // The read API as `kiroku dev` serves it, on a random port.
     let api = ReadApi::new(
         ReadQueries::new(side.store.clone(), Head::Updater(side.progress.clone())),

@@ -178,26 +178,7 @@ pub struct LagArgs {
 /// updater has committed them to the views (a read-API query sees them from then on).
 pub async fn lag(a: LagArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let journal = SqliteJournal::open(
-        dir.path().join("journal.db"),
-        SqliteJournalOptions::default(),
-    )?;
-    let opened = Opened::Sqlite(journal.clone());
-    let store: Arc<dyn ReadStore> = open_read_store(
-        &a.read_store
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("views.db").display())),
-    )
-    .await?;
-    let side = ReadSide::start(
-        &opened,
-        true,
-        store,
-        &UpdaterArgs {
-            batch_size: 1000,
-            poll_ms: 20,
-        },
-    );
+    let (opened, side) = embedded_read_side(dir.path(), a.read_store.clone()).await?;
     // Every committed position, with when it became visible.
     let mut progress = side.progress.clone();
     let observer = tokio::spawn(async move {
@@ -310,4 +291,28 @@ pub(super) async fn sustained_posts(
     let elapsed = start.elapsed();
     let acks = std::mem::take(&mut *acks.lock());
     Ok((acks, elapsed))
+}
+
+/// A fresh SQLite journal in `dir` with the rooms projection following it in this process, as
+/// `kiroku dev` runs them (views in `read_store`, or a SQLite file in `dir`).
+pub(super) async fn embedded_read_side(
+    dir: &std::path::Path,
+    read_store: Option<String>,
+) -> anyhow::Result<(Opened, ReadSide)> {
+    let journal = SqliteJournal::open(dir.join("journal.db"), SqliteJournalOptions::default())?;
+    let opened = Opened::Sqlite(journal);
+    let store: Arc<dyn ReadStore> = open_read_store(
+        &read_store.unwrap_or_else(|| format!("sqlite://{}", dir.join("views.db").display())),
+    )
+    .await?;
+    let side = ReadSide::start(
+        &opened,
+        true,
+        store,
+        &UpdaterArgs {
+            batch_size: 1000,
+            poll_ms: 20,
+        },
+    );
+    Ok((opened, side))
 }
