@@ -27,3 +27,16 @@ pub mod codec;
 /// The encoded `FileDescriptorSet` of every message and service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kiroku_descriptor.bin"));
+
+/// gRPC server reflection over every kiroku service and the health service, for any server
+/// that mounts them (`grpcurl -plaintext HOST:PORT list`).
+#[cfg(feature = "grpc")]
+pub fn reflection_service() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid")
+}

@@ -60,11 +60,7 @@ impl WriteApi {
         health
             .set_serving::<HistoryServiceServer<HistoryApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor sets are valid");
+        let reflection = kiroku_proto::reflection_service();
         let commands = CommandServiceServer::new(CommandApi::new(
             self.rooms.clone(),
             self.projections.clone(),
