@@ -205,10 +205,14 @@ async fn what_is_written_is_read_back_at_once_with_a_consistency_token() {
 async fn bad_queries_get_precise_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (k, _ann, mut reads) = dev_with_lobby(dir.path()).await;
-    let reply = pb::CommandReply {
-        version: 1,
-        ..Default::default()
-    };
+    let lobby = reads
+        .get_room(pb::GetRoomRequest {
+            room_id: "r1".into(),
+            consistency: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let room = |room_id: &str, consistency| pb::GetRoomRequest {
         room_id: room_id.into(),
@@ -262,7 +266,7 @@ async fn bad_queries_get_precise_errors() {
     // … a version the view has not reached by the deadline is "not yet consistent".
     let ahead = Some(pb::Consistency {
         aggregate_id: "r1".into(),
-        version: reply.version + 10,
+        version: lobby.version + 10,
         timeout_ms: 200,
     });
     let e = reads.get_room(room("r1", ahead)).await.unwrap_err();
@@ -270,7 +274,7 @@ async fn bad_queries_get_precise_errors() {
     assert!(e.message().starts_with("not yet consistent"), "{e:?}");
     assert_eq!(
         e.metadata().get("x-kiroku-applied-version").unwrap(),
-        &reply.version.to_string()
+        &lobby.version.to_string()
     );
 
     let e = reads

@@ -17,7 +17,6 @@ mod query;
 mod server;
 
 pub use error::{APPLIED_VERSION, ReadError};
-pub use kiroku_read_model_updater::Progress;
 pub use live::{LiveStreams, RoomUpdate};
 pub use query::{
     ConsistencyToken, DEFAULT_CONSISTENCY_WAIT, Head, MAX_CONSISTENCY_WAIT, ProjectionStatus,

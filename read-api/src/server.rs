@@ -79,17 +79,14 @@ impl ReadApi {
             live.close();
             let _ = drained_tx.send(());
         });
-        let bounded = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(DRAIN).await;
-        };
-        tokio::select! {
-            r = server.into_future() => r,
-            _ = bounded => {
-                tracing::warn!("read api: HTTP connections still open after the drain time; closing");
-                Ok(())
-            }
-        }
+        bounded(
+            server.into_future(),
+            async {
+                let _ = drained_rx.await;
+            },
+            "HTTP",
+        )
+        .await
     }
 
     /// The read API alone: gRPC (with health and reflection) on `grpc`, HTTP on `http`, until
@@ -103,11 +100,7 @@ impl ReadApi {
         let shutdown = shutdown.boxed().shared();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ReadServiceServer<ReadGrpc>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor sets are valid");
+        let reflection = kiroku_proto::reflection_service();
         let live = self.live.clone();
         let grpc_shutdown = shutdown.clone();
         let drain_after = shutdown.clone();
@@ -125,21 +118,28 @@ impl ReadApi {
                         .await;
                 },
             );
-        // Like HTTP: open gRPC streams get DRAIN to finish after the signal, then are dropped.
-        let grpc_server = async move {
-            tokio::select! {
-                r = grpc_server => r,
-                _ = async { drain_after.await; tokio::time::sleep(DRAIN).await } => {
-                    tracing::warn!("read api: gRPC connections still open after the drain time; closing");
-                    Ok(())
-                }
-            }
-        };
+        let grpc_server = bounded(grpc_server, drain_after, "gRPC");
         let http_server = self.serve_http(http, shutdown);
         let (g, h) = tokio::join!(grpc_server, http_server);
         g.map_err(|e| ServeError::Grpc(e.to_string()))?;
         h.map_err(|e| ServeError::Http(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Runs `server` to its end, but once `signalled` has resolved gives it at most [`DRAIN`] more:
+/// a client that never closes its connection must not keep the process from stopping.
+async fn bounded<E>(
+    server: impl Future<Output = Result<(), E>>,
+    signalled: impl Future<Output = ()>,
+    what: &str,
+) -> Result<(), E> {
+    tokio::select! {
+        r = server => r,
+        _ = async { signalled.await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!(what, "read api: connections still open after the drain time; closing them");
+            Ok(())
+        }
     }
 }
 
