@@ -190,13 +190,19 @@ impl Updater {
             }
             out
         };
-        // Each touched aggregate with the newest sequence number of it in this batch.
-        let mut touched: Vec<(StreamId, u64)> = projected
-            .iter()
-            .map(|e| (e.envelope.stream.clone(), e.envelope.sequence))
-            .collect();
-        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        touched.dedup_by(|later, first| later.0 == first.0);
+        // Each touched aggregate with the newest sequence number of it in this batch; only
+        // worth building when somebody listens (not in a rebuild, nor without live push). A
+        // subscriber arriving between this check and the send misses one announcement and
+        // finds the change at its next bounded look (live.rs), never loses it.
+        let touched = (self.changes.receiver_count() > 0).then(|| {
+            let mut touched: Vec<(StreamId, u64)> = projected
+                .iter()
+                .map(|e| (e.envelope.stream.clone(), e.envelope.sequence))
+                .collect();
+            touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            touched.dedup_by(|later, first| later.0 == first.0);
+            touched
+        });
         let batch = Batch {
             projection: self.projection.name().to_owned(),
             version,
@@ -205,8 +211,10 @@ impl Updater {
             last_event_ms,
         };
         let (applied, parked) = self.commit(batch).await?;
-        // No subscriber is fine: the send only fails then.
-        let _ = self.changes.send(Arc::new(touched));
+        if let Some(touched) = touched {
+            // A subscriber that left since is fine: the send only fails then.
+            let _ = self.changes.send(Arc::new(touched));
+        }
         self.publish(
             version,
             end,
