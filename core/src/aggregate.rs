@@ -88,7 +88,7 @@ pub trait Aggregate:
     /// The aggregate type's stable name, stored with every event (e.g. `"room"`).
     const TYPE: &'static str;
 
-    type Command: Debug + Send + 'static;
+    type Command: Debug + Send + Sync + 'static;
     type Event: Debug + Clone + Serialize + Send + Sync + 'static;
 
     /// Validates `command` against the current state and returns the events it causes, or why it

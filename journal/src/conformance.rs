@@ -46,6 +46,7 @@ macro_rules! journal_conformance_suite {
             command_ids_are_scoped_by_principal,
             empty_append_records_the_command,
             rejections_are_recorded_once,
+            a_rejection_decided_on_a_stale_version_is_not_recorded,
             concurrent_appenders_never_interleave,
             snapshots_keep_the_latest,
             global_order_is_commit_order
@@ -388,11 +389,11 @@ pub async fn rejections_are_recorded_once(j: J) {
         recorded_at_ms: 1,
     };
     assert_eq!(
-        j.record_rejection(record("first")).await.unwrap(),
+        j.record_rejection(record("first"), 0).await.unwrap(),
         record("first")
     );
     assert_eq!(
-        j.record_rejection(record("second")).await.unwrap(),
+        j.record_rejection(record("second"), 0).await.unwrap(),
         record("first")
     );
     assert_eq!(
@@ -406,6 +407,35 @@ pub async fn rejections_are_recorded_once(j: J) {
         .unwrap();
     assert_eq!(again, AppendOutcome::Duplicate(record("first")));
     assert_eq!(j.highest_sequence(&s).await.unwrap(), 0);
+}
+
+/// A rejection decided on version 1 while the stream is at 2 came from stale memory: it is
+/// refused with the real version and recorded nowhere, so the command can be decided again.
+pub async fn a_rejection_decided_on_a_stale_version_is_not_recorded(j: J) {
+    let s = unique_stream("stale-rejection");
+    j.append(request(&s, 0, 2, &format!("{s}-a"))).await.unwrap();
+    let rejection = CommandRecord {
+        principal: "ann".into(),
+        command_id: format!("{s}-r"),
+        stream: s.clone(),
+        outcome: CommandOutcome::Rejected {
+            code: 9,
+            message: "not a member".into(),
+        },
+        recorded_at_ms: 1,
+    };
+    let err = j.record_rejection(rejection.clone(), 1).await.unwrap_err();
+    assert!(
+        matches!(err, JournalError::Conflict { expected: 1, actual: 2, .. }),
+        "{err:?}"
+    );
+    assert_eq!(j.command_record("ann", &format!("{s}-r")).await.unwrap(), None);
+    // Decided again on the current version, the same command may now succeed.
+    let appended = j.append(request(&s, 2, 1, &format!("{s}-r"))).await.unwrap();
+    assert!(matches!(appended, AppendOutcome::Appended(_)), "{appended:?}");
+    // And a rejection decided on the current version is recorded.
+    let current = CommandRecord { command_id: format!("{s}-r2"), ..rejection };
+    assert_eq!(j.record_rejection(current.clone(), 3).await.unwrap(), current);
 }
 
 /// Eight writers race for the same stream, each re-reading the version after a conflict. Every

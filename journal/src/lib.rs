@@ -20,4 +20,4 @@ pub use envelope::{
 };
 pub use error::JournalError;
 pub use port::{Journal, read_whole_stream};
-pub use sqlite::{SqliteJournal, SqliteJournalOptions};
+pub use sqlite::{SqliteJournal, SqliteJournalOptions, wal};

@@ -17,9 +17,18 @@ pub trait Journal: Send + Sync + 'static {
     /// When this returns `Ok` the write is durable.
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, JournalError>;
 
-    /// Records a rejected command. If the command id was decided before, the original record is
-    /// kept and returned instead.
-    async fn record_rejection(&self, record: CommandRecord) -> Result<CommandRecord, JournalError>;
+    /// Records a rejected command, decided on the stream at version `decided_at`.
+    ///
+    /// * `(principal, command_id)` was decided before → the original record, nothing written;
+    /// * the stream is no longer at `decided_at` → [`JournalError::Conflict`], nothing written: the
+    ///   rejection came from a stale view of the aggregate and must be decided again, never kept
+    ///   as the command's final answer;
+    /// * otherwise the rejection is recorded and returned.
+    async fn record_rejection(
+        &self,
+        record: CommandRecord,
+        decided_at: u64,
+    ) -> Result<CommandRecord, JournalError>;
 
     async fn command_record(
         &self,

@@ -10,17 +10,23 @@
 //! 2. one `Put` per event with `attribute_not_exists(pk)`.
 //!
 //! Items 0 and 1 ask for `ALL_OLD` on a failed condition, so a duplicate or a conflict usually
-//! needs no extra read. The `ClientRequestToken` is derived from the principal, command id, stream
-//! and expected version: DynamoDB answers a retry after a lost response with success instead of
-//! writing twice. Servers without token support (moto) cancel the retry on item 0; the append then
-//! recognises the stored record as its own when an earlier attempt may have been applied.
+//! needs no extra read. The `ClientRequestToken` is a hash of everything the transaction writes:
+//! DynamoDB answers a retry after a lost response with success instead of writing twice, and a
+//! command decided again with other contents is a new request that meets the conditions. Servers
+//! without token support (moto) cancel the retry on item 0; the append then recognises the stored
+//! record as its own when an earlier attempt may have been applied.
+//!
+//! A rejection is the same transaction without events (the head a `ConditionCheck`): it is
+//! recorded only while the stream is still at the version it was decided on.
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     CancellationReason, ConditionCheck, Put, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
-use kiroku_journal::{AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, JournalError};
+use kiroku_journal::{
+    AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, EventMetadata, JournalError,
+};
 
 use crate::DynamoDbJournal;
 use crate::error::{DynamoDbError, Failure, classify};
@@ -39,6 +45,9 @@ enum Decision {
     CommandDecided(Option<Item>),
     /// The head's or an event's condition failed (the old head if returned).
     VersionConflict(Option<Item>),
+    /// DynamoDB saw this token with other contents. The token covers every byte of the
+    /// transaction, so this is not a resend of ours: whether anything was written is unknown.
+    TokenReused,
 }
 
 pub(crate) async fn append(
@@ -46,8 +55,40 @@ pub(crate) async fn append(
     req: AppendRequest,
 ) -> Result<AppendOutcome, JournalError> {
     let record = record_of(&req);
+    decide(journal, req, record).await
+}
+
+/// A rejection is the same transaction without events: the command record, conditioned on the
+/// stream head still being the version the rejection was decided on.
+pub(crate) async fn record_rejection(
+    journal: &DynamoDbJournal,
+    record: CommandRecord,
+    decided_at: u64,
+) -> Result<CommandRecord, JournalError> {
+    let req = AppendRequest {
+        stream: record.stream.clone(),
+        expected_sequence: decided_at,
+        events: Vec::new(),
+        metadata: EventMetadata {
+            command_id: record.command_id.clone(),
+            principal: record.principal.clone(),
+            timestamp_ms: record.recorded_at_ms,
+            ..EventMetadata::default()
+        },
+    };
+    match decide(journal, req, record).await? {
+        AppendOutcome::Appended(r) | AppendOutcome::Duplicate(r) => Ok(r),
+    }
+}
+
+/// Writes `record` (and the request's events) in one transaction, or finds out why not.
+async fn decide(
+    journal: &DynamoDbJournal,
+    req: AppendRequest,
+    record: CommandRecord,
+) -> Result<AppendOutcome, JournalError> {
     let items = transaction_items(journal, &req, &record)?;
-    let token = idempotency_token(&req);
+    let token = idempotency_token(&req, &record);
     let operation = "TransactWriteItems";
     let (decision, earlier_possibly_applied) = retrying(journal.retry(), operation, |attempt| {
         let items = items.clone();
@@ -67,7 +108,7 @@ pub(crate) async fn append(
                         cancelled(e.cancellation_reasons())?
                     }
                     Some(TransactWriteItemsError::IdempotentParameterMismatchException(_)) => {
-                        Decision::CommandDecided(None)
+                        Decision::TokenReused
                     }
                     _ => return Err(classify(operation, &err)),
                 },
@@ -81,6 +122,22 @@ pub(crate) async fn append(
             tracing::debug!(stream = %req.stream, command_id = %req.metadata.command_id, events = req.events.len(), "appended");
             Ok(AppendOutcome::Appended(record))
         }
+        Decision::TokenReused => {
+            let meta = &req.metadata;
+            match journal
+                .read_command_record(&meta.principal, &meta.command_id)
+                .await?
+            {
+                Some(stored) => Ok(AppendOutcome::Duplicate(stored)),
+                None => {
+                    tracing::warn!(stream = %req.stream, command_id = %meta.command_id, "dynamodb refused a reused idempotency token; the command has no record");
+                    Err(JournalError::Unavailable(format!(
+                        "the outcome of command {} is unknown; resending it is safe",
+                        meta.command_id
+                    )))
+                }
+            }
+        }
         Decision::CommandDecided(old) => {
             let meta = &req.metadata;
             let stored = match old {
@@ -90,7 +147,7 @@ pub(crate) async fn append(
                     .await?
                     .ok_or_else(|| {
                         JournalError::Storage(format!(
-                            "idempotency token of command {} was used with other parameters, yet the command has no record",
+                            "the record of command {} vanished after its condition failed",
                             meta.command_id
                         ))
                     })?,
@@ -173,17 +230,38 @@ fn record_of(req: &AppendRequest) -> CommandRecord {
     }
 }
 
-/// The same append always gets the same token (at most 36 characters), so a retry is recognised.
-fn idempotency_token(req: &AppendRequest) -> String {
+/// The token of one transaction (at most 36 characters): a hash of everything it writes. A retry
+/// of the same request is recognised; a command decided again (after a reload, with another
+/// timestamp or other events) is a new request and meets the conditions, never
+/// `IdempotentParameterMismatch`.
+fn idempotency_token(req: &AppendRequest, record: &CommandRecord) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b69726f_6b75_4a6f_8e72_6e616c000001);
-    let name = format!(
-        "{}\u{0}{}\u{0}{}\u{0}{}",
-        req.metadata.principal,
-        req.metadata.command_id,
-        items::stream_key(&req.stream),
-        req.expected_sequence
-    );
-    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+    let meta = &req.metadata;
+    let mut name = Vec::with_capacity(256);
+    for part in [
+        meta.principal.as_bytes(),
+        meta.command_id.as_bytes(),
+        items::stream_key(&req.stream).as_bytes(),
+        &req.expected_sequence.to_be_bytes(),
+        &meta.timestamp_ms.to_be_bytes(),
+        meta.correlation_id.as_bytes(),
+        meta.causation_id.as_bytes(),
+        format!("{:?}", record.outcome).as_bytes(),
+    ] {
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part);
+    }
+    for event in &req.events {
+        for part in [
+            event.event_type.as_bytes(),
+            &event.schema_version.to_be_bytes(),
+            &event.payload,
+        ] {
+            name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            name.extend_from_slice(part);
+        }
+    }
+    uuid::Uuid::new_v5(&NAMESPACE, &name).to_string()
 }
 
 /// Builds the transaction, refusing before any write what DynamoDB could not store.
@@ -215,6 +293,13 @@ fn transaction_items(
     };
     let command = items::command_item(record);
     let mut total = items::item_size(&command);
+    if total > MAX_ITEM_BYTES {
+        return Err(JournalError::TooLarge {
+            what: format!("the record of command {}", record.command_id),
+            size: total,
+            limit: MAX_ITEM_BYTES,
+        });
+    }
     let mut out = vec![put(
         &config.commands_table(),
         command,
@@ -301,4 +386,35 @@ fn put(
 
 fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> JournalError {
     JournalError::Storage(format!("cannot build the dynamodb request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use kiroku_journal::conformance::request;
+    use kiroku_journal::StreamId;
+
+    use super::*;
+
+    #[test]
+    fn a_token_names_the_whole_transaction() {
+        let s = StreamId::new("room", "r1");
+        let req = request(&s, 3, 2, "c1");
+        let token = |r: &AppendRequest| idempotency_token(r, &record_of(r));
+        assert_eq!(token(&req), token(&req.clone()), "a retry is recognised");
+        assert!(token(&req).len() <= 36);
+        let mut later = req.clone();
+        later.metadata.timestamp_ms += 1;
+        assert_ne!(token(&req), token(&later), "decided again: a new request");
+        let mut other = req.clone();
+        other.events[1].payload.push(0);
+        assert_ne!(token(&req), token(&other));
+        let rejection = CommandRecord {
+            outcome: CommandOutcome::Rejected {
+                code: 9,
+                message: "no".into(),
+            },
+            ..record_of(&req)
+        };
+        assert_ne!(token(&req), idempotency_token(&req, &rejection));
+    }
 }

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    DeleteRequest, ReturnValuesOnConditionCheckFailure, Select, WriteRequest,
+    DeleteRequest, Select, WriteRequest,
 };
 use kiroku_journal::{
     AppendOutcome, AppendRequest, CommandRecord, Envelope, Journal, JournalError, SnapshotRecord,
@@ -254,56 +253,12 @@ impl Journal for DynamoDbJournal {
         crate::append::append(self, request).await
     }
 
-    async fn record_rejection(&self, record: CommandRecord) -> Result<CommandRecord, JournalError> {
-        let table = self.config().commands_table();
-        let item = items::command_item(&record);
-        let size = items::item_size(&item);
-        if size > MAX_ITEM_BYTES {
-            return Err(JournalError::TooLarge {
-                what: format!("the rejection of command {}", record.command_id),
-                size,
-                limit: MAX_ITEM_BYTES,
-            });
-        }
-        let existing = retrying(self.retry(), "PutItem", |_| {
-            let item = item.clone();
-            let table = &table;
-            async move {
-                let sent = self
-                    .db()
-                    .put_item()
-                    .table_name(table)
-                    .set_item(Some(item))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .return_values_on_condition_check_failure(
-                        ReturnValuesOnConditionCheckFailure::AllOld,
-                    )
-                    .send()
-                    .await;
-                match sent {
-                    Ok(_) => Ok(None),
-                    Err(err) => match err.as_service_error() {
-                        Some(PutItemError::ConditionalCheckFailedException(e)) => {
-                            Ok(Some(e.item().cloned()))
-                        }
-                        _ => Err(classify("PutItem", &err)),
-                    },
-                }
-            }
-        })
-        .await?;
-        match existing {
-            None => Ok(record),
-            Some(Some(item)) => Ok(items::command_record(&table, &item)?),
-            Some(None) => self
-                .read_command_record(&record.principal, &record.command_id)
-                .await?
-                .ok_or_else(|| {
-                    JournalError::Storage(
-                        "a command record vanished after its condition failed".into(),
-                    )
-                }),
-        }
+    async fn record_rejection(
+        &self,
+        record: CommandRecord,
+        decided_at: u64,
+    ) -> Result<CommandRecord, JournalError> {
+        crate::append::record_rejection(self, record, decided_at).await
     }
 
     async fn command_record(

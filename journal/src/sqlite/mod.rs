@@ -8,6 +8,7 @@
 
 mod reader;
 mod schema;
+pub mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct SqliteJournalOptions {
     pub queue_capacity: usize,
     /// Longest a group waits for more writers when recent groups were large (commit delay).
     pub max_linger: std::time::Duration,
+    /// The WAL file is checkpointed and truncated before it passes this many bytes (see
+    /// [`wal::WalCeiling`]); 0 leaves it unbounded (only to measure the difference).
+    pub wal_ceiling: u64,
 }
 
 impl Default for SqliteJournalOptions {
@@ -46,6 +50,7 @@ impl Default for SqliteJournalOptions {
             snapshots_to_keep: 1,
             queue_capacity: 16 * 1024,
             max_linger: std::time::Duration::from_micros(500),
+            wal_ceiling: wal::DEFAULT_WAL_CEILING,
         }
     }
 }
@@ -85,7 +90,8 @@ impl SqliteJournal {
         let (writes, queue) = mpsc::channel(options.queue_capacity);
         let (committed_tx, committed) = watch::channel(last_position);
         schema::spawn_checkpointer(&path, committed.clone())?;
-        Writer::spawn(conn, queue, committed_tx, options)?;
+        let wal = wal::WalCeiling::new(&path, options.wal_ceiling);
+        Writer::spawn(conn, queue, committed_tx, options, wal)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 readers: ReaderPool::new(path.clone()),
@@ -104,6 +110,12 @@ impl SqliteJournal {
     /// of polling.
     pub fn committed_position(&self) -> watch::Receiver<u64> {
         self.inner.committed.clone()
+    }
+
+    /// Copies every WAL frame into the database file and truncates the WAL to zero bytes, after
+    /// the writes queued before it. For a clean shutdown: the file left behind is the whole journal.
+    pub async fn truncate_wal(&self) -> Result<(), JournalError> {
+        self.write(WriteOp::TruncateWal).await
     }
 
     async fn write<T>(
@@ -145,8 +157,12 @@ impl Journal for SqliteJournal {
         self.write(|reply| WriteOp::Append(request, reply)).await
     }
 
-    async fn record_rejection(&self, record: CommandRecord) -> Result<CommandRecord, JournalError> {
-        self.write(|reply| WriteOp::RecordRejection(record, reply))
+    async fn record_rejection(
+        &self,
+        record: CommandRecord,
+        decided_at: u64,
+    ) -> Result<CommandRecord, JournalError> {
+        self.write(|reply| WriteOp::RecordRejection(record, decided_at, reply))
             .await
     }
 
@@ -303,6 +319,74 @@ mod tests {
             (Arc::new(journal), dir)
         }
         crate::journal_conformance_suite!(fresh());
+    }
+
+    /// The WAL bound under load: 32 appenders and a tailing reader, sampled every millisecond.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_under_its_ceiling_under_sustained_appends_and_is_empty_after_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let ceiling = 2 * 1024 * 1024;
+        let options = SqliteJournalOptions {
+            wal_ceiling: ceiling,
+            ..Default::default()
+        };
+        let journal = SqliteJournal::open(&path, options).unwrap();
+        let wal = wal::WalCeiling::new(&path, ceiling);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (wal, done) = (wal.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut largest = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    largest = largest.max(wal.wal_size());
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                largest
+            })
+        };
+        let tail = {
+            let (journal, done) = (journal.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut after = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let page = journal.read_all(after, 500).await.unwrap();
+                    after = page.last().map_or(after, |e| e.global_position);
+                }
+            })
+        };
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let journal = journal.clone();
+                tokio::spawn(async move {
+                    let stream = StreamId::new("room", format!("w{w}"));
+                    for seq in 0..150 {
+                        let mut request =
+                            crate::conformance::request(&stream, seq, 1, &format!("w{w}-{seq}"));
+                        request.events[0].payload = vec![7; 400];
+                        journal.append(request).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let largest = sampler.join().unwrap();
+        tail.await.unwrap();
+        assert!(
+            largest <= ceiling,
+            "the WAL reached {largest} bytes, over its ceiling of {ceiling}"
+        );
+        assert_eq!(journal.head_position().await.unwrap(), Some(32 * 150));
+        journal.truncate_wal().await.unwrap();
+        assert_eq!(wal.wal_size(), 0, "a clean shutdown leaves an empty WAL");
+        assert_eq!(
+            journal.read_all(0, 10_000).await.unwrap().len(),
+            32 * 150,
+            "nothing is lost by checkpoints"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::wal::{self, WalCeiling};
 use super::{SqliteJournalOptions, schema, storage, to_i64};
 use crate::{
     AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, JournalError, SnapshotRecord,
@@ -15,9 +16,11 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
 pub(super) enum WriteOp {
     Append(AppendRequest, Reply<AppendOutcome>),
-    RecordRejection(CommandRecord, Reply<CommandRecord>),
+    RecordRejection(CommandRecord, u64, Reply<CommandRecord>),
     DeleteUpTo(StreamId, u64, Reply<()>),
     SaveSnapshot(SnapshotRecord, Reply<()>),
+    /// Checkpoint every frame and truncate the WAL (clean shutdown).
+    TruncateWal(Reply<()>),
 }
 
 impl WriteOp {
@@ -26,10 +29,10 @@ impl WriteOp {
         let closed = JournalError::Closed;
         match self {
             WriteOp::Append(_, to) => Decided::Append(to, Err(closed)),
-            WriteOp::RecordRejection(_, to) => Decided::Record(to, Err(closed)),
-            WriteOp::DeleteUpTo(_, _, to) | WriteOp::SaveSnapshot(_, to) => {
-                Decided::Unit(to, Err(closed))
-            }
+            WriteOp::RecordRejection(_, _, to) => Decided::Record(to, Err(closed)),
+            WriteOp::DeleteUpTo(_, _, to)
+            | WriteOp::SaveSnapshot(_, to)
+            | WriteOp::TruncateWal(to) => Decided::Unit(to, Err(closed)),
         }
     }
 }
@@ -72,6 +75,7 @@ pub(super) struct Writer {
     conn: Connection,
     options: SqliteJournalOptions,
     committed: watch::Sender<u64>,
+    wal: WalCeiling,
 }
 
 impl Writer {
@@ -80,11 +84,14 @@ impl Writer {
         queue: mpsc::Receiver<WriteOp>,
         committed: watch::Sender<u64>,
         options: SqliteJournalOptions,
+        wal: WalCeiling,
     ) -> Result<(), JournalError> {
+        wal.configure(&conn).map_err(storage)?;
         let writer = Writer {
             conn,
             options,
             committed,
+            wal,
         };
         std::thread::Builder::new()
             .name("kiroku-journal-writer".into())
@@ -120,8 +127,21 @@ impl Writer {
             }
             typical = 0.8 * typical + 0.2 * batch.len() as f64;
             self.commit_batch(&mut batch);
+            // Between groups, with every caller of the last one answered: keep the WAL bounded.
+            if let Err(e) = self.wal.after_commit(&self.conn) {
+                tracing::warn!(error = %e, "journal wal checkpoint failed; trying again after the next commit");
+            }
         }
+        self.truncate_wal();
         tracing::debug!("journal writer stopped");
+    }
+
+    fn truncate_wal(&self) {
+        match wal::truncate(&self.conn) {
+            Ok(wal::Checkpointed::Truncated) => {}
+            Ok(outcome) => tracing::warn!(?outcome, "journal wal not truncated: a reader holds it"),
+            Err(e) => tracing::warn!(error = %e, "journal wal not truncated"),
+        }
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) {
@@ -130,16 +150,22 @@ impl Writer {
         let mut sql_done = started;
         let mut decided = Vec::with_capacity(size);
         let mut last_position = None;
+        let mut truncate_after = None;
         let commit = (|| {
             let tx = self.conn.transaction().map_err(storage)?;
             for op in batch.drain(..) {
                 decided.push(match op {
+                    WriteOp::TruncateWal(to) => {
+                        // Answered after this group's commit, below.
+                        truncate_after = Some(to);
+                        continue;
+                    }
                     WriteOp::Append(req, to) => {
                         let r = append(&tx, &req, &mut last_position);
                         Decided::Append(to, r)
                     }
-                    WriteOp::RecordRejection(rec, to) => {
-                        Decided::Record(to, record_rejection(&tx, rec))
+                    WriteOp::RecordRejection(rec, decided_at, to) => {
+                        Decided::Record(to, record_rejection(&tx, rec, decided_at))
                     }
                     WriteOp::DeleteUpTo(stream, upto, to) => {
                         Decided::Unit(to, delete_up_to(&tx, &stream, upto))
@@ -174,6 +200,10 @@ impl Writer {
         }
         for d in decided {
             d.send(&commit);
+        }
+        if let Some(to) = truncate_after {
+            self.truncate_wal();
+            let _ = to.send(Ok(()));
         }
     }
 }
@@ -256,11 +286,23 @@ fn append(
     Ok(AppendOutcome::Appended(record))
 }
 
-fn record_rejection(tx: &Connection, record: CommandRecord) -> Result<CommandRecord, JournalError> {
+fn record_rejection(
+    tx: &Connection,
+    record: CommandRecord,
+    decided_at: u64,
+) -> Result<CommandRecord, JournalError> {
     if let Some(original) =
         schema::command_record(tx, &record.principal, &record.command_id).map_err(storage)?
     {
         return Ok(original);
+    }
+    let actual = schema::highest_sequence(tx, &record.stream).map_err(storage)?;
+    if actual != decided_at {
+        return Err(JournalError::Conflict {
+            stream: record.stream,
+            expected: decided_at,
+            actual,
+        });
     }
     schema::insert_command_record(tx, &record).map_err(storage)?;
     Ok(record)

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use kiroku_core::{Aggregate, SnapshotCodec};
 use kiroku_journal::{
-    AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, EventMetadata, Journal, NewEvent,
-    SnapshotRecord, StreamId,
+    AppendOutcome, AppendRequest, CommandOutcome, CommandRecord, EventMetadata, Journal,
+    JournalError, NewEvent, SnapshotRecord, StreamId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -66,6 +66,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 meta,
                 reply,
             } => {
+                let finished = Finished(&self.shared, &self.stream.aggregate_id);
                 let span = tracing::info_span!(
                     "command",
                     command_id = %meta.command_id,
@@ -76,21 +77,39 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 // Boxed: an idle actor's task then holds a pointer, not the whole decide/load state
                 // machine — this is most of the memory of a resident aggregate.
                 let result = Box::pin(self.decide(loaded, command, &meta).instrument(span)).await;
-                self.shared.finished(&self.stream.aggregate_id);
+                drop(finished);
                 // The caller may have stopped waiting; the decision stands either way.
                 let _ = reply.send(result);
             }
             ActorMsg::Inspect { reply } => {
+                let finished = Finished(&self.shared, &self.stream.aggregate_id);
                 let result = Box::pin(self.ensure_loaded(loaded))
                     .await
                     .map(|l| (l.state.clone(), l.version));
-                self.shared.finished(&self.stream.aggregate_id);
+                drop(finished);
                 let _ = reply.send(result);
             }
         }
         Ok(())
     }
 }
+
+/// Marks a message as answered when dropped: also when its handling panicked, so that a bug can
+/// never leak the admission counters (after `max_in_flight` leaks the process would refuse all).
+struct Finished<'a, A: Aggregate>(&'a Shared<A>, &'a str);
+
+impl<A: Aggregate> Drop for Finished<'_, A> {
+    fn drop(&mut self) {
+        self.0.finished(self.1);
+    }
+}
+
+/// How often one command is decided again after finding the journal ahead of the memory (another
+/// writer of the same aggregate) before the caller is told to resend.
+const MAX_DECISIONS: u32 = 5;
+
+/// A decision taken from memory that the journal showed to be stale: reload and decide again.
+struct Stale;
 
 impl<A: Aggregate> AggregateActor<A> {
     fn journal(&self) -> &dyn Journal {
@@ -108,41 +127,66 @@ impl<A: Aggregate> AggregateActor<A> {
         Ok(loaded.as_mut().expect("loaded above"))
     }
 
+    /// Decides `command` on the aggregate's state. A refusal is recorded only if the journal is
+    /// still at the version it was decided on, and an append that meets a newer journal is decided
+    /// again on the reloaded state (unless the client named the version it expected): no answer
+    /// is ever taken from stale memory.
     async fn decide(
         &self,
         slot: &mut Option<Loaded<A>>,
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Executed, CommandError> {
-        let current = self.ensure_loaded(slot).await?;
+        for attempt in 1..=MAX_DECISIONS {
+            match self.decide_once(slot, &command, meta).await {
+                Ok(decided) => return decided,
+                Err(Stale) => {
+                    *slot = None;
+                    tracing::debug!(attempt, "the journal was ahead of the memory; deciding again");
+                }
+            }
+        }
+        Err(CommandError::Unavailable(format!(
+            "the aggregate kept changing under this command ({MAX_DECISIONS} tries); resending the same command id is safe"
+        )))
+    }
+
+    async fn decide_once(
+        &self,
+        slot: &mut Option<Loaded<A>>,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Result<Executed, CommandError>, Stale> {
+        let current = match self.ensure_loaded(slot).await {
+            Ok(current) => current,
+            Err(e) => return Ok(Err(e)),
+        };
         let version = current.version;
         if let Some(expected) = meta.expected_version.filter(|e| *e != version) {
-            return self
-                .refuse(
-                    meta,
-                    CommandError::Conflict {
-                        expected,
-                        actual: version,
-                    },
-                )
-                .await;
+            let conflict = CommandError::Conflict {
+                expected,
+                actual: version,
+            };
+            return self.refuse(meta, conflict, version).await;
         }
         let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            current.state.handle(&meta.caller, &command)
+            current.state.handle(&meta.caller, command)
         }));
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
-                return self.refuse(meta, CommandError::rejected(rejection)).await;
+                return self
+                    .refuse(meta, CommandError::rejected(rejection), version)
+                    .await;
             }
             Err(_) => {
                 *slot = None;
                 tracing::error!(
                     "command handler panicked; the aggregate will be reloaded from the journal"
                 );
-                return Err(CommandError::Internal(
+                return Ok(Err(CommandError::Internal(
                     "the command handler failed unexpectedly".into(),
-                ));
+                )));
             }
         };
         let request = AppendRequest {
@@ -169,22 +213,30 @@ impl<A: Aggregate> AggregateActor<A> {
         };
         let outcome = match self.journal().append(request).await {
             Ok(outcome) => outcome,
+            // Another writer moved the stream: decide again on its newer state. Where the client
+            // named a version, deciding again compares it with the journal's and refuses then.
+            Err(JournalError::Conflict { actual, .. }) => {
+                tracing::info!(decided_at = version, actual, "append met a newer journal");
+                return Err(Stale);
+            }
             Err(e) => {
-                // A conflict means another writer moved the stream; any other failure leaves it
-                // unknown whether the append happened. Either way: reload before deciding again,
-                // so the memory is never ahead of the journal.
+                // Unknown whether the append happened: reload before deciding again, so the
+                // memory is never ahead of the journal.
                 *slot = None;
                 tracing::warn!(error = %e, "append failed");
-                return Err(e.into());
+                return Ok(Err(e.into()));
             }
         };
-        match outcome {
+        Ok(match outcome {
             AppendOutcome::Duplicate(original) => outcome_of(&original, true),
             AppendOutcome::Appended(record) => {
                 let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     events.iter().for_each(|e| current.state.apply(e));
                 }));
-                let executed = outcome_of(&record, false)?;
+                let executed = match outcome_of(&record, false) {
+                    Ok(executed) => executed,
+                    Err(e) => return Ok(Err(e)),
+                };
                 if applied.is_err() {
                     // The events are durable; only the memory is suspect.
                     *slot = None;
@@ -198,16 +250,18 @@ impl<A: Aggregate> AggregateActor<A> {
                 }
                 Ok(executed)
             }
-        }
+        })
     }
 
-    /// Records a refusal under the command id — unless the id was decided before, in which case
-    /// that original decision is what the caller gets.
+    /// Records a refusal decided at `version` under the command id — unless the id was decided
+    /// before, in which case that original decision is what the caller gets; or the journal has
+    /// moved past `version`, in which case the refusal is stale and nothing is recorded.
     async fn refuse(
         &self,
         meta: &CommandMeta,
         refusal: CommandError,
-    ) -> Result<Executed, CommandError> {
+        version: u64,
+    ) -> Result<Result<Executed, CommandError>, Stale> {
         let message = refusal.to_string();
         let record = CommandRecord {
             principal: meta.caller.principal.clone(),
@@ -219,12 +273,23 @@ impl<A: Aggregate> AggregateActor<A> {
             },
             recorded_at_ms: now_ms(),
         };
-        let stored = self.journal().record_rejection(record.clone()).await?;
-        if stored == record {
+        let stored = match self.journal().record_rejection(record.clone(), version).await {
+            Ok(stored) => stored,
+            Err(JournalError::Conflict { actual, .. }) => {
+                tracing::info!(
+                    decided_at = version,
+                    actual,
+                    "refusal decided on stale state; deciding again"
+                );
+                return Err(Stale);
+            }
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(if stored == record {
             Err(refusal)
         } else {
             outcome_of(&stored, true)
-        }
+        })
     }
 
     async fn maybe_snapshot(&self, current: &Loaded<A>, before: u64) {
@@ -307,7 +372,15 @@ pub(crate) async fn fold<A: Aggregate>(
                     stream, envelope.sequence
                 ))
             })?;
-            state.apply(&event);
+            // A panicking `apply` is a bug in the domain: this load fails (INTERNAL), the actor
+            // lives on and loads again for the next command.
+            std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event))).map_err(|_| {
+                tracing::error!(stream = %stream, sequence = envelope.sequence, "apply panicked while loading");
+                CommandError::Internal(format!(
+                    "stored event {}#{} could not be applied",
+                    stream, envelope.sequence
+                ))
+            })?;
             *version = envelope.sequence;
         }
         if !full {

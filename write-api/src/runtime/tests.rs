@@ -22,8 +22,13 @@ struct Counter {
 #[derive(Debug)]
 enum Cmd {
     Add(i64),
+    /// Subtracts, refused when the value is smaller: a rule that depends on the state.
+    Take(i64),
     Panic,
 }
+
+/// An event `apply` cannot handle (a domain bug): it panics on every load after it is stored.
+const APPLY_PANICS: i64 = 13_013;
 
 impl Aggregate for Counter {
     const TYPE: &'static str = "counter";
@@ -34,10 +39,16 @@ impl Aggregate for Counter {
         match command {
             Cmd::Add(0) => Err(Rejection::invalid("adding zero changes nothing")),
             Cmd::Add(n) => Ok(vec![*n]),
+            Cmd::Take(n) if self.value < *n => Err(Rejection::precondition(format!(
+                "cannot take {n} from {}",
+                self.value
+            ))),
+            Cmd::Take(n) => Ok(vec![-n]),
             Cmd::Panic => panic!("handler bug"),
         }
     }
     fn apply(&mut self, event: &i64) {
+        assert_ne!(*event, APPLY_PANICS, "apply bug");
         self.value += event;
         self.events += 1;
     }
@@ -81,8 +92,12 @@ impl Journal for Faulty {
         }
         self.inner.append(request).await
     }
-    async fn record_rejection(&self, r: CommandRecord) -> Result<CommandRecord, JournalError> {
-        self.inner.record_rejection(r).await
+    async fn record_rejection(
+        &self,
+        r: CommandRecord,
+        decided_at: u64,
+    ) -> Result<CommandRecord, JournalError> {
+        self.inner.record_rejection(r, decided_at).await
     }
     async fn command_record(
         &self,
@@ -567,4 +582,83 @@ async fn accepted_commands_are_tracked_until_decided() {
         .unwrap()
         .unwrap();
     assert_eq!(outcome_of(&record, false).unwrap(), executed);
+}
+
+/// Two runtimes on one journal stand for two processes: `stale` loaded the aggregate before
+/// `fresh` changed it.
+async fn two_writers(f: &Fixture) -> (AggregateRuntime<Counter>, AggregateRuntime<Counter>) {
+    let fresh = f.runtime(RuntimeConfig::default());
+    let stale = f.runtime(RuntimeConfig::default());
+    fresh.execute("a", Cmd::Add(1), meta("1")).await.unwrap();
+    assert_eq!(stale.inspect("a").await.unwrap().1, 1, "stale holds version 1");
+    fresh.execute("a", Cmd::Add(5), meta("2")).await.unwrap();
+    (fresh, stale)
+}
+
+#[tokio::test]
+async fn a_rejection_from_stale_memory_is_decided_again_and_never_stored() {
+    let f = Fixture::new();
+    let (_fresh, stale) = two_writers(&f).await;
+    // On its memory (value 1) `stale` would refuse; the journal says 6.
+    let taken = stale.execute("a", Cmd::Take(4), meta("take")).await.unwrap();
+    assert_eq!((taken.version, taken.duplicate), (3, false));
+    let record = f.journal.command_record("ann", "take").await.unwrap().unwrap();
+    assert!(
+        matches!(record.outcome, CommandOutcome::Succeeded { version: 3, .. }),
+        "{record:?}"
+    );
+    // A real refusal on fresh state is still recorded and returned to a resend.
+    let refused = stale.execute("a", Cmd::Take(100), meta("too-much")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let again = stale.execute("a", Cmd::Take(1), meta("too-much")).await;
+    assert!(matches!(again, Err(CommandError::Rejected { duplicate: true, .. })));
+}
+
+#[tokio::test]
+async fn an_expected_version_is_compared_with_the_journal_not_with_stale_memory() {
+    let f = Fixture::new();
+    let (fresh, stale) = two_writers(&f).await;
+    // The client read version 2 elsewhere; `stale` still holds 1. Correct, so it succeeds.
+    let mut m = meta("exp-2");
+    m.expected_version = Some(2);
+    assert_eq!(stale.execute("a", Cmd::Add(1), m).await.unwrap().version, 3);
+    // Really out of date: ABORTED with the journal's version, even from stale memory.
+    fresh.execute("a", Cmd::Add(1), meta("4")).await.unwrap();
+    let mut m = meta("exp-1");
+    m.expected_version = Some(1);
+    let err = stale.execute("a", Cmd::Add(1), m).await.unwrap_err();
+    assert_eq!(err, CommandError::Conflict { expected: 1, actual: 4 });
+}
+
+#[tokio::test]
+async fn a_command_without_expected_version_meeting_a_newer_journal_is_decided_again() {
+    let f = Fixture::new();
+    let (_fresh, stale) = two_writers(&f).await;
+    let executed = stale.execute("a", Cmd::Add(1), meta("3")).await.unwrap();
+    assert_eq!(executed.version, 3, "appended after the other writer's events");
+    assert_eq!(replayed(&stale, "a").await, (Counter { value: 7, events: 3 }, 3));
+}
+
+#[tokio::test]
+async fn a_panicking_apply_while_loading_answers_internal_and_leaks_no_admission() {
+    let f = Fixture::new();
+    let rt = f.runtime(RuntimeConfig {
+        max_in_flight: 3,
+        ..Default::default()
+    });
+    // Stored fine; `apply` panics on it after the append (memory dropped), and on every load.
+    rt.execute("bad", Cmd::Add(APPLY_PANICS), meta("poison")).await.unwrap();
+    for n in 0..6 {
+        let err = rt
+            .execute("bad", Cmd::Add(1), meta(&format!("after-{n}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+    }
+    // Six failed loads with room for three in flight: nothing leaked, others still run.
+    for n in 0..5 {
+        rt.execute("good", Cmd::Add(1), meta(&format!("good-{n}")))
+            .await
+            .unwrap();
+    }
 }

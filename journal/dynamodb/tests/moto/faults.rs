@@ -292,3 +292,38 @@ async fn oversized_appends_are_too_large_and_write_nothing() {
         MAX_EVENTS_PER_APPEND as u64
     );
 }
+
+/// DynamoDB answers `IdempotentParameterMismatch` when a token comes back with other contents.
+/// Injected here (moto ignores tokens): for a command with no record the outcome is unknown, so
+/// the caller gets a retryable UNAVAILABLE, never a storage error (INTERNAL); for a command that
+/// was decided, its original record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_idempotency_token_is_retry_safe() {
+    let proxy = FaultProxy::start(&support::endpoint()).await;
+    let (journal, _tables) = support::journal_with(support::config_for(&proxy.endpoint())).await;
+    let s = stream("token");
+    let first = journal.append(request(&s, 0, 1, "token-1")).await.unwrap();
+
+    let mismatch = || async {
+        proxy.answer_next_with(&[(400, "IdempotentParameterMismatchException")]);
+        proxy.go_down().await;
+        proxy.come_back().await;
+    };
+    mismatch().await;
+    let err = journal
+        .append(request(&s, 1, 1, "token-2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JournalError::Unavailable(_)), "{err:?}");
+    assert_eq!(journal.highest_sequence(&s).await.unwrap(), 1);
+    // Resending is safe and now succeeds.
+    let resent = journal.append(request(&s, 1, 1, "token-2")).await.unwrap();
+    assert!(matches!(resent, AppendOutcome::Appended(_)), "{resent:?}");
+
+    // The first command decided again (another timestamp), its token refused: the original.
+    mismatch().await;
+    let mut again = request(&s, 0, 1, "token-1");
+    again.metadata.timestamp_ms += 1;
+    let outcome = journal.append(again).await.unwrap();
+    assert_eq!(outcome, AppendOutcome::Duplicate(first.record().clone()));
+}
