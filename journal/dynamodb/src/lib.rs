@@ -24,5 +24,7 @@ pub use client::{RequestCounter, RequestCounts};
 pub use config::{ConfigError, DynamoDbConfig, RetryPolicy};
 pub use error::DynamoDbError;
 pub use journal::DynamoDbJournal;
-pub use streams::{ShardCheckpoint, StreamBatch, StreamCheckpoints, StreamsReader};
+pub use streams::{
+    MAX_EMPTY_PAGES, ShardCheckpoint, StreamBatch, StreamCheckpoints, StreamsError, StreamsReader,
+};
 pub use tables::InitReport;
