@@ -9,12 +9,14 @@
 //!   it and pass the same suite (`read_store_suite!`).
 //! * [`Updater`] runs a projection over a feed in batches: each batch's view changes, applied
 //!   sequence numbers and checkpoint commit in one store transaction, so a kill at any point
-//!   leaves the views as if each event were applied exactly once.
+//!   leaves the views as if each event were applied exactly once. It never stops on its own:
+//!   transient faults are retried, other failures restart it; [`UpdaterHealth`] says which.
 //! * [`rebuild`] replays the journal into a fresh version of a projection's tables while the
 //!   current version serves, then switches atomically.
 
 pub mod dead_letters;
 mod feed;
+mod health;
 mod projection;
 pub mod rebuild;
 mod store;
@@ -22,6 +24,7 @@ mod updater;
 mod waiter;
 
 pub use feed::{Feed, JournalFeed};
+pub use health::{UpdaterFailure, UpdaterHealth};
 pub use projection::{Change, PROJECTIONS, Projection, ROOMS, RoomsProjection};
 pub use store::{
     Batch, Checkpoint, CommitOutcome, Cursor, DeadLetter, MessagePage, MessageView, Poison,

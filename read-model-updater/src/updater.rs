@@ -1,12 +1,21 @@
 //! The updater: runs a projection over a feed, one store transaction per batch.
+//!
+//! It never stops on its own. A transient fault (the store's connection lost, a lost race, a busy
+//! store) is retried with jittered, bounded backoff; any other failure, or a panic, restarts it
+//! from the store's state after a longer backoff. Each failure is logged, counted and published
+//! in [`UpdaterHealth`] until the next attempt that succeeds.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kiroku_journal::{Envelope, Journal, JournalError, StreamId};
 use tokio::sync::{broadcast, watch};
 
+use crate::health::{UpdaterHealth, backoff};
 use crate::store::{Batch, Poison, ProjectedEvent, ReadStore, StoreError};
 use crate::{Feed, Projection};
 
@@ -16,8 +25,16 @@ pub struct UpdaterConfig {
     pub batch_size: usize,
     /// Tries of a failing projection (or store write) before the event is parked.
     pub max_attempts: u32,
-    /// First pause between tries; doubles each time.
+    /// First pause between tries (of a projection, a refused batch, a transient fault);
+    /// doubles each time.
     pub retry_backoff: Duration,
+    /// Longest pause between tries after transient faults.
+    pub max_retry_backoff: Duration,
+    /// First pause before a restart after a failure that is not transient; doubles with each
+    /// restart in a row.
+    pub restart_backoff: Duration,
+    /// Longest pause before a restart.
+    pub max_restart_backoff: Duration,
     /// How long one wait for new events lasts before the updater looks around again (e.g. for a
     /// rebuild's switch).
     pub idle_wait: Duration,
@@ -29,6 +46,9 @@ impl Default for UpdaterConfig {
             batch_size: 1000,
             max_attempts: 3,
             retry_backoff: Duration::from_millis(10),
+            max_retry_backoff: Duration::from_secs(5),
+            restart_backoff: Duration::from_secs(1),
+            max_restart_backoff: Duration::from_secs(60),
             idle_wait: Duration::from_millis(500),
         }
     }
@@ -88,8 +108,10 @@ pub struct Updater {
     config: UpdaterConfig,
     target: Target,
     progress: watch::Sender<Progress>,
+    health: watch::Sender<UpdaterHealth>,
     changes: broadcast::Sender<Changed>,
-    /// Highest sequence handled (applied or parked) per aggregate; a cache of the store's.
+    /// Highest sequence handled (applied or parked) per aggregate; a cache of the store's,
+    /// updated only once a commit returned: never ahead of the store.
     handled: HashMap<StreamId, u64>,
     /// The version whose checkpoint the updater resumed from.
     loaded: Option<u32>,
@@ -119,6 +141,7 @@ impl Updater {
             config,
             target: Target::Active,
             progress: watch::channel(Progress::default()).0,
+            health: watch::channel(UpdaterHealth::default()).0,
             changes: broadcast::channel(CHANGES_BUFFER).0,
             handled: HashMap::new(),
             loaded: None,
@@ -135,35 +158,93 @@ impl Updater {
         self.progress.subscribe()
     }
 
+    /// Whether the updater can commit, and its failures (readiness, status, metrics).
+    pub fn health(&self) -> watch::Receiver<UpdaterHealth> {
+        self.health.subscribe()
+    }
+
     /// The aggregates each commit touched, for live push: a subscriber wakes only for its own.
     /// One that lags behind gets `Lagged` and must look for itself.
     pub fn changes(&self) -> broadcast::Sender<Changed> {
         self.changes.clone()
     }
 
-    /// Runs until `shutdown` completes (finishing the batch in hand) or a permanent error.
-    pub async fn run(
-        &mut self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), UpdaterError> {
+    /// Runs until `shutdown` completes. Never stops on its own: a transient fault is retried
+    /// after a pause (bounded, jittered); any other failure, or a panic, restarts the updater
+    /// from the store's state after a longer pause. Both are logged and published in
+    /// [`Self::health`] until the next attempt that succeeds.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut failures = 0u32;
+        let mut restarts_in_a_row = 0u32;
         loop {
+            let attempt = tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                attempt = AssertUnwindSafe(self.step()).catch_unwind() => attempt,
+            };
+            let pause = match attempt {
+                Ok(Ok(_)) => {
+                    restarts_in_a_row = 0;
+                    if self.health.send_if_modified(UpdaterHealth::succeeded) {
+                        tracing::info!("read-model updater: committing again");
+                    }
+                    continue;
+                }
+                Ok(Err(e)) if e.is_transient() => self.transient_fault(&e),
+                Ok(Err(e)) => {
+                    restarts_in_a_row += 1;
+                    self.restart(e.summary(), &e, restarts_in_a_row)
+                }
+                Err(panic) => {
+                    restarts_in_a_row += 1;
+                    let message = panic_message(panic.as_ref());
+                    self.restart(
+                        "the read-model updater panicked",
+                        &message,
+                        restarts_in_a_row,
+                    )
+                }
+            };
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return Ok(()),
-                step = self.step() => match step {
-                    Ok(_) => failures = 0,
-                    Err(e) if is_transient(&e) => {
-                        failures += 1;
-                        let pause = backoff(self.config.retry_backoff, failures).min(Duration::from_secs(5));
-                        tracing::warn!(error = %e, ?pause, "read-model updater: transient failure, retrying");
-                        tokio::time::sleep(pause).await;
-                    }
-                    Err(e) => return Err(e),
-                },
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// Counts a transient fault; returns the pause before trying again.
+    fn transient_fault(&mut self, e: &UpdaterError) -> Duration {
+        let mut failure = None;
+        self.health
+            .send_modify(|h| failure = Some(h.failed(true, e.summary())));
+        let attempts = self.health.borrow().consecutive_failures;
+        let pause = backoff(
+            self.config.retry_backoff,
+            attempts,
+            self.config.max_retry_backoff,
+        );
+        let error_id = failure.map(|f| f.error_id).unwrap_or_default();
+        tracing::warn!(%error_id, error = %e, attempts, ?pause, "read-model updater: transient fault, cannot commit; retrying");
+        pause
+    }
+
+    /// Counts a failure that is not transient and forgets what the updater holds in memory, so
+    /// that the next step starts over from the store; returns the pause before it.
+    fn restart(&mut self, summary: &str, e: &dyn std::fmt::Display, in_a_row: u32) -> Duration {
+        let mut failure = None;
+        self.health
+            .send_modify(|h| failure = Some(h.failed(false, summary)));
+        self.handled.clear();
+        self.loaded = None;
+        let pause = backoff(
+            self.config.restart_backoff,
+            in_a_row,
+            self.config.max_restart_backoff,
+        );
+        let error_id = failure.map(|f| f.error_id).unwrap_or_default();
+        tracing::error!(%error_id, error = %e, restarts_in_a_row = in_a_row, ?pause, "read-model updater: failed; restarting from the store's state");
+        pause
     }
 
     /// Reads, projects and commits one batch. Returns how many feed events it consumed (0 when
@@ -181,7 +262,7 @@ impl Updater {
         };
         let (end, last_event_ms) = (last.global_position, last.metadata.timestamp_ms);
         let consumed = events.len();
-        let ordered = self.in_order(version, events).await?;
+        let (ordered, pending) = self.in_order(version, events).await?;
         let projected: Vec<ProjectedEvent> = {
             let mut out = Vec::with_capacity(ordered.len());
             for envelope in ordered {
@@ -211,6 +292,9 @@ impl Updater {
             last_event_ms,
         };
         let (applied, parked) = self.commit(batch).await?;
+        // Only now are these events handled: a commit that failed (or whose outcome is unknown)
+        // is tried again with the same events, which the store skips if they were applied.
+        self.handled.extend(pending);
         if let Some(touched) = touched {
             // A subscriber that left since is fine: the send only fails then.
             let _ = self.changes.send(Arc::new(touched));
@@ -249,12 +333,13 @@ impl Updater {
     }
 
     /// Keeps the events this projection reads, drops what was handled already and fills gaps
-    /// from the journal, so each aggregate's events are consecutive.
+    /// from the journal, so each aggregate's events are consecutive. Also returns the newest
+    /// sequence of each aggregate in the batch: handled once the batch is committed.
     async fn in_order(
         &mut self,
         version: u32,
         events: Vec<Envelope>,
-    ) -> Result<Vec<Envelope>, UpdaterError> {
+    ) -> Result<(Vec<Envelope>, HashMap<StreamId, u64>), UpdaterError> {
         let events: Vec<Envelope> = events
             .into_iter()
             .filter(|e| self.projection.reads(&e.stream.aggregate_type))
@@ -275,8 +360,13 @@ impl Updater {
             self.handled.extend(known);
         }
         let mut out = Vec::with_capacity(events.len());
+        let mut pending: HashMap<StreamId, u64> = HashMap::new();
         for event in events {
-            let handled = self.handled.get(&event.stream).copied().unwrap_or(0);
+            let handled = pending
+                .get(&event.stream)
+                .or_else(|| self.handled.get(&event.stream))
+                .copied()
+                .unwrap_or(0);
             if event.sequence <= handled {
                 continue;
             }
@@ -289,24 +379,41 @@ impl Updater {
                 tracing::info!(stream = %event.stream, from = handled + 1, to = event.sequence - 1, read = missing.len(), "read-model updater: repaired a gap from the journal");
                 out.extend(missing);
             }
-            self.handled.insert(event.stream.clone(), event.sequence);
+            pending.insert(event.stream.clone(), event.sequence);
             out.push(event);
         }
-        Ok(out)
+        Ok((out, pending))
     }
 
-    /// Projects one event, retrying a failure with backoff before giving it up as poison.
+    /// Projects one event, retrying a failure with backoff before giving it up as poison. A
+    /// panic of the projection is a failure like any other: its event is parked, the rest goes
+    /// on.
     async fn project(&self, event: &Envelope) -> Result<Vec<crate::Change>, Poison> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.projection.changes(event) {
+            let changes =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.projection.changes(event)))
+                    .unwrap_or_else(|panic| {
+                        Err(format!(
+                            "the projection panicked: {}",
+                            panic_message(panic.as_ref())
+                        ))
+                    });
+            match changes {
                 Ok(changes) => return Ok(changes),
                 Err(error) if attempts >= self.config.max_attempts => {
                     tracing::warn!(stream = %event.stream, sequence = event.sequence, %error, "read-model updater: parking a poison event");
                     return Err(Poison { error, attempts });
                 }
-                Err(_) => tokio::time::sleep(backoff(self.config.retry_backoff, attempts)).await,
+                Err(_) => {
+                    let pause = backoff(
+                        self.config.retry_backoff,
+                        attempts,
+                        self.config.max_retry_backoff,
+                    );
+                    tokio::time::sleep(pause).await
+                }
             }
         }
     }
@@ -323,7 +430,8 @@ impl Updater {
                     // Start over from what the store says.
                     self.handled.clear();
                     let events = batch.events.into_iter().map(|p| p.envelope).collect();
-                    let ordered = self.in_order(batch.version, events).await?;
+                    // The events' sequences become handled in `step`, once this commit returns.
+                    let (ordered, _) = self.in_order(batch.version, events).await?;
                     let mut events = Vec::with_capacity(ordered.len());
                     for envelope in ordered {
                         let result = self.project(&envelope).await;
@@ -334,7 +442,12 @@ impl Updater {
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) if attempts < self.config.max_attempts => {
                     tracing::warn!(error = %e, "read-model updater: batch refused, trying again");
-                    tokio::time::sleep(backoff(self.config.retry_backoff, attempts)).await;
+                    let pause = backoff(
+                        self.config.retry_backoff,
+                        attempts,
+                        self.config.max_retry_backoff,
+                    );
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) if batch.events.len() > 1 => {
                     tracing::warn!(error = %e, "read-model updater: batch refused, committing event by event");
@@ -403,15 +516,11 @@ impl Updater {
     }
 }
 
-fn is_transient(e: &UpdaterError) -> bool {
-    match e {
-        UpdaterError::Store(e) => e.is_transient(),
-        UpdaterError::Journal(e) => matches!(e, JournalError::Unavailable(_)),
-    }
-}
-
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1 << attempt.min(10).saturating_sub(1));
-    // Jitter: 50–100 % of the exponential step.
-    exp.mul_f64(0.5 + fastrand::f64() / 2.0)
+/// The text a panic carried, if any.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -1,162 +1,23 @@
 //! The updater against a real SQLite journal and real read stores.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kiroku_chat::{Room, RoomEvent};
+use kiroku_chat::Room;
 use kiroku_core::Aggregate;
 use kiroku_journal::{
-    AppendRequest, Envelope, EventMetadata, Journal, JournalError, NewEvent, SqliteJournal,
-    SqliteJournalOptions, StreamId,
+    AppendRequest, Envelope, EventMetadata, Journal, JournalError, NewEvent, StreamId,
 };
 use kiroku_read_model_updater::{
-    Change, Consistency, ConsistencyWaiter, Feed, JournalFeed, Projection, ROOMS, ReadStore,
-    RoomsProjection, SqliteReadStore, Updater, UpdaterConfig, dead_letters, rebuild,
+    Change, Consistency, ConsistencyWaiter, Feed, Projection, ROOMS, RoomsProjection, dead_letters,
+    rebuild,
 };
-use tokio::sync::oneshot;
 
-struct World {
-    _dir: tempfile::TempDir,
-    journal: SqliteJournal,
-    store: Arc<dyn ReadStore>,
-}
-
-impl World {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = SqliteJournal::open(
-            dir.path().join("journal.db"),
-            SqliteJournalOptions::default(),
-        )
-        .unwrap();
-        let store = SqliteReadStore::open(dir.path().join("views.db")).unwrap();
-        store.migrate().await.unwrap();
-        Self {
-            _dir: dir,
-            journal,
-            store: Arc::new(store),
-        }
-    }
-
-    fn journal(&self) -> Arc<dyn Journal> {
-        Arc::new(self.journal.clone())
-    }
-
-    fn updater(&self, projection: Arc<dyn Projection>, feed: Arc<dyn Feed>) -> Updater {
-        let config = UpdaterConfig {
-            batch_size: 64,
-            retry_backoff: Duration::from_millis(1),
-            ..UpdaterConfig::default()
-        };
-        Updater::new(self.store.clone(), self.journal(), feed, projection, config)
-    }
-
-    fn feed(&self) -> Arc<dyn Feed> {
-        Arc::new(JournalFeed::new(
-            self.journal(),
-            Some(self.journal.committed_position()),
-        ))
-    }
-
-    /// Runs an updater in the background until the returned sender is dropped or fired.
-    fn spawn(&self, mut updater: Updater) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            updater
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the updater runs");
-        });
-        (stop, task)
-    }
-
-    async fn append(&self, room: &str, expected: u64, events: &[RoomEvent]) {
-        let request = AppendRequest {
-            stream: StreamId::new("room", room),
-            expected_sequence: expected,
-            events: events
-                .iter()
-                .map(|e| {
-                    let enc = Room::encode(e);
-                    NewEvent {
-                        event_type: enc.event_type,
-                        schema_version: enc.schema_version,
-                        payload: enc.payload,
-                    }
-                })
-                .collect(),
-            metadata: EventMetadata {
-                command_id: uuid::Uuid::new_v4().to_string(),
-                correlation_id: "test".into(),
-                causation_id: String::new(),
-                principal: "alice".into(),
-                timestamp_ms: 1_700_000_000_000 + expected as i64,
-            },
-        };
-        self.journal.append(request).await.unwrap();
-    }
-
-    /// A room with `messages` posts: 1 + messages events.
-    async fn room_with_messages(&self, room: &str, messages: u64) {
-        self.append(room, 0, &[created(room)]).await;
-        for i in 1..=messages {
-            self.append(
-                room,
-                i,
-                &[posted(&format!("{room}-m{i}"), &format!("body {i}"))],
-            )
-            .await;
-        }
-    }
-
-    async fn wait_for(&self, waiter: &ConsistencyWaiter, room: &str, version: u64) {
-        let reached = waiter
-            .wait_for(
-                &StreamId::new("room", room),
-                version,
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(reached, Consistency::Reached { .. }),
-            "{room}@{version}: {reached:?}"
-        );
-    }
-
-    async fn wait_for_position(
-        &self,
-        updater_progress: &mut tokio::sync::watch::Receiver<kiroku_read_model_updater::Progress>,
-    ) {
-        let head = self.journal.head_position().await.unwrap().unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            updater_progress.wait_for(|p| p.position >= head),
-        )
-        .await
-        .expect("the updater catches up")
-        .unwrap();
-    }
-}
-
-fn created(name: &str) -> RoomEvent {
-    RoomEvent::Created {
-        name: name.into(),
-        owner: "alice".into(),
-    }
-}
-
-fn posted(id: &str, body: &str) -> RoomEvent {
-    RoomEvent::MessagePosted {
-        message_id: id.into(),
-        author: "alice".into(),
-        body: body.into(),
-    }
-}
+use support::*;
 
 #[tokio::test]
 async fn events_reach_the_views_and_a_waiter_is_woken_by_the_commit() {
@@ -377,21 +238,8 @@ async fn gaps_in_the_feed_are_repaired_from_the_journal() {
         let view = w.store.room(room).await.unwrap().unwrap();
         assert_eq!((view.message_count, view.version), (20, 21), "{room}");
     }
-    let live = w.store.dump(ROOMS, 1).await.unwrap();
-    rebuild::rebuild(
-        w.store.clone(),
-        w.journal(),
-        Arc::new(RoomsProjection),
-        100,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        w.store.dump(ROOMS, 2).await.unwrap(),
-        live,
-        "repaired = replayed"
-    );
+    // Repaired = replayed.
+    w.assert_views_equal_a_rebuild(1).await;
 }
 
 #[tokio::test]
@@ -513,16 +361,6 @@ async fn a_stopped_updater_resumes_from_its_checkpoint_without_doubling() {
     let mut progress = updater.progress();
     while updater.step().await.unwrap() > 0 {}
     w.wait_for_position(&mut progress).await;
-    let live = w.store.dump(ROOMS, 1).await.unwrap();
-    assert_eq!(live.messages.len(), 150);
-    rebuild::rebuild(
-        w.store.clone(),
-        w.journal(),
-        Arc::new(RoomsProjection),
-        1000,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(w.store.dump(ROOMS, 2).await.unwrap(), live);
+    assert_eq!(w.store.dump(ROOMS, 1).await.unwrap().messages.len(), 150);
+    w.assert_views_equal_a_rebuild(1).await;
 }

@@ -12,7 +12,7 @@ use kiroku_journal::StreamId;
 use kiroku_read_api::{Head, ReadApi, ReadQueries};
 use kiroku_read_model_updater::{
     Changed, Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
-    RoomsProjection, Updater, UpdaterConfig, dead_letters, open_store, rebuild,
+    RoomsProjection, Updater, UpdaterConfig, UpdaterHealth, dead_letters, open_store, rebuild,
 };
 use kiroku_write_api::grpc::{AuthConfigError, ProjectionWait};
 use tokio::net::TcpListener;
@@ -36,10 +36,12 @@ pub struct UpdaterArgs {
 pub struct ReadSide {
     pub store: Arc<dyn ReadStore>,
     pub progress: watch::Receiver<Progress>,
+    /// Whether the updater can commit, its faults and restarts (readiness, status, metrics).
+    pub health: watch::Receiver<UpdaterHealth>,
     pub changes: broadcast::Sender<Changed>,
     pub waiter: ConsistencyWaiter,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl ReadSide {
@@ -72,20 +74,23 @@ impl ReadSide {
             config,
         );
         let progress = updater.progress();
+        let health = updater.health();
         let changes = updater.changes();
         let waiter = ConsistencyWaiter::new(store.clone(), ROOMS, Some(progress.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
+        // The updater never stops on its own: it retries transient faults and restarts itself
+        // after any other failure, logging each and publishing it in `health`.
         let task = tokio::spawn(async move {
             updater
                 .run(async {
                     let _ = stopped.await;
                 })
                 .await
-                .context("the read-model updater stopped")
         });
         Self {
             store,
             progress,
+            health,
             changes,
             waiter,
             stop,
@@ -96,7 +101,7 @@ impl ReadSide {
     /// Finishes the batch in hand and stops.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.task.await.context("the read-model updater panicked")?
+        self.task.await.context("the read-model updater panicked")
     }
 
     pub fn projection_wait(&self) -> Arc<dyn ProjectionWait> {

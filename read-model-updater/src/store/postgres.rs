@@ -13,21 +13,92 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use super::StoreError;
 use super::sql::{BoxFuture, Dialect, Row, Runner, Sql, Value};
 
+/// How long making a connection may take unless the URL says (`connect_timeout=`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct PostgresReadStore {
     pool: Pool,
 }
 
 fn error(e: tokio_postgres::Error) -> StoreError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        return StoreError::Unavailable(e.to_string());
-    }
-    let db = e.as_db_error().expect("checked above");
-    // serialization_failure, deadlock_detected, too_many_connections, cannot_connect_now
-    if ["40001", "40P01", "53300", "57P03"].contains(&db.code().code()) {
-        StoreError::Unavailable(db.to_string())
+    let transient = match e.as_db_error() {
+        Some(db) => transient_sqlstate(db.code().code()),
+        None => connection_lost(&e),
+    };
+    let text = match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
+    };
+    if transient {
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Storage(db.to_string())
+        StoreError::Storage(text)
+    }
+}
+
+/// SQLSTATEs after which the same work, tried again (on a new connection if need be), can
+/// succeed: the connection or the server went away (class 08, admin or crash shutdown, a
+/// standby not yet writable after a failover), the transaction lost a race (serialization
+/// failure, deadlock), or the server lacked resources for a moment.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" // serialization_failure
+                | "40P01" // deadlock_detected
+                | "40003" // statement_completion_unknown
+                | "57P01" // admin_shutdown (pg_terminate_backend)
+                | "57P02" // crash_shutdown
+                | "57P03" // cannot_connect_now (starting up, or in recovery)
+                | "57P05" // idle_session_timeout
+                | "57014" // query_canceled (statement_timeout, pg_cancel_backend)
+                | "55P03" // lock_not_available (lock_timeout)
+                | "25006" // read_only_sql_transaction: a standby that is not promoted yet
+                | "53000" // insufficient_resources
+                | "53100" // disk_full
+                | "53200" // out_of_memory
+                | "53300" // too_many_connections
+        )
+}
+
+/// A failure below SQL: the connection closed, broke (I/O) or timed out. Errors of our own
+/// making (a parameter or column of the wrong type) are not transient.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    // tokio-postgres keeps its error kinds private; these two carry no source.
+    let text = e.to_string();
+    text == "timeout waiting for server" || text == "unexpected message from server"
+}
+
+/// Getting a connection from the pool: a timeout, a closed pool or a connection that could
+/// not be made are transient; anything else is classified as the backend's error.
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => match error(e) {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {m}"))
+            }
+            StoreError::Storage(m) => {
+                StoreError::Storage(format!("cannot connect to PostgreSQL: {m}"))
+            }
+            other => other,
+        },
+        PoolError::Timeout(_) | PoolError::Closed => {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+        }
+        other => StoreError::Storage(format!("cannot connect to PostgreSQL: {other}")),
     }
 }
 
@@ -35,9 +106,14 @@ impl PostgresReadStore {
     /// Connects to `url` (`postgres://user@host:port/db`). Call [`ReadStore::migrate`] before
     /// use ([`crate::open_store`] does).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Storage(format!("bad PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server (a failover in progress) is a transient fault the updater
+            // retries, not a wait of minutes on a SYN.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -50,10 +126,7 @@ impl PostgresReadStore {
             .build()
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         // Fail now, with a clear message, if the server is not there.
-        let _probe = pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let _probe = pool.get().await.map_err(pool_error)?;
         Ok(Self { pool })
     }
 
@@ -62,10 +135,7 @@ impl PostgresReadStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut dyn Sql) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
-        let mut client =
-            self.pool.get().await.map_err(|e| {
-                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-            })?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
         let mut builder = client.build_transaction();
         if read_only {
             builder = builder
@@ -231,4 +301,57 @@ mod tests {
     }
 
     crate::read_store_suite!(fresh().await);
+
+    #[test]
+    fn lost_connections_shutdowns_lost_races_and_short_resources_are_transient() {
+        for code in [
+            "08000", "08003", "08006", "08001", "57P01", "57P02", "57P03", "40001", "40P01",
+            "53300", "25006", "57014", "55P03",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        // Our own mistakes, a schema we do not know, bad credentials, a missing database.
+        for code in [
+            "42P01", "42703", "23505", "22P02", "28P01", "3D000", "XX000", "0A000",
+        ] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+    }
+
+    async fn one_query(store: &PostgresReadStore, sql: &'static str) -> Result<(), StoreError> {
+        store
+            .run(false, move |tx| {
+                Box::pin(async move { tx.query(sql, &[]).await.map(drop) })
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_connection_an_administrator_terminates_is_a_transient_error_and_the_next_try_reconnects()
+     {
+        let store = PostgresReadStore::connect(&test_url()).await.unwrap();
+        let e = one_query(&store, "SELECT pg_terminate_backend(pg_backend_pid())")
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        // The pool may hand out the dead connection once more (also transient); then a new one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match one_query(&store, "SELECT 1").await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && tries < 3 => continue,
+                Err(e) => panic!("try {tries}: {e:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_statement_that_is_wrong_is_not_transient() {
+        let store = PostgresReadStore::connect(&test_url()).await.unwrap();
+        let e = one_query(&store, "SELECT no_such_column FROM no_such_table")
+            .await
+            .unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+    }
 }
