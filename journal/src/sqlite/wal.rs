@@ -103,19 +103,25 @@ pub fn truncate(conn: &Connection) -> rusqlite::Result<Checkpointed> {
 mod tests {
     use super::*;
 
-    /// A reader that keeps a snapshot open while the writer commits; then lets go.
-    #[test]
-    fn the_log_stays_under_its_ceiling_while_a_reader_reads_between_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("t.db");
-        let ceiling = WalCeiling::new(&db, 256 * 1024);
-        let writer = Connection::open(&db).unwrap();
+    /// A WAL database with one table and no automatic checkpoints (as the journal's writer).
+    fn writer(db: &Path) -> Connection {
+        let writer = Connection::open(db).unwrap();
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
                  CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
             )
             .unwrap();
+        writer
+    }
+
+    /// A reader that keeps a snapshot open while the writer commits; then lets go.
+    #[test]
+    fn the_log_stays_under_its_ceiling_while_a_reader_reads_between_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let ceiling = WalCeiling::new(&db, 256 * 1024);
+        let writer = writer(&db);
         ceiling.configure(&writer).unwrap();
         let reader = Connection::open(&db).unwrap();
         let mut largest = 0;
@@ -151,13 +157,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let ceiling = WalCeiling::new(&db, 0);
-        let writer = Connection::open(&db).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
-                 CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
-            )
-            .unwrap();
+        let writer = writer(&db);
         for _ in 0..500 {
             writer
                 .execute("INSERT INTO t (v) VALUES (zeroblob(2000))", [])
