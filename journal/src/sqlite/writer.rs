@@ -152,7 +152,12 @@ impl Writer {
         let mut last_position = None;
         let mut truncate_after = None;
         let commit = (|| {
-            let tx = self.conn.transaction().map_err(storage)?;
+            // IMMEDIATE: take the write lock first (waiting up to the busy timeout), so another
+            // process writing the same file makes this group wait, never fail on a stale snapshot.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(storage)?;
             for op in batch.drain(..) {
                 decided.push(match op {
                     WriteOp::TruncateWal(to) => {
