@@ -5,7 +5,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use kiroku_proto::auth::identity;
 use kiroku_proto::v1 as pb;
-use kiroku_read_model_updater::{MessageView, RoomSummary};
+use kiroku_read_model_updater::{MessageView, RoomSummary, UpdaterFailure, UpdaterHealth};
 use tonic::{Request, Response, Status};
 
 use crate::live::{LiveStreams, RoomUpdate};
@@ -159,5 +159,26 @@ fn status_pb(s: ProjectionStatus) -> pb::ProjectionStatus {
         dead_letters: s.dead_letters,
         last_event_ms: s.last_event_ms,
         updated_ms: s.updated_ms,
+        updater: s.updater.map(updater_pb),
+    }
+}
+
+fn updater_pb(h: UpdaterHealth) -> pb::UpdaterHealth {
+    let last = h.last_failure.unwrap_or_else(|| UpdaterFailure {
+        at_ms: 0,
+        transient: false,
+        summary: String::new(),
+        error_id: String::new(),
+    });
+    pb::UpdaterHealth {
+        committing: h.committing,
+        failing_since_ms: h.failing_since_ms.unwrap_or(0),
+        consecutive_failures: h.consecutive_failures,
+        transient_faults: h.transient_faults,
+        restarts: h.restarts,
+        last_error: last.summary,
+        last_error_transient: last.transient,
+        last_error_ms: last.at_ms,
+        last_error_id: last.error_id,
     }
 }

@@ -224,15 +224,25 @@ async fn live_room(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// Ready when the views can be read and the updater in this process (if any) can commit. No
+/// credentials are needed, so the answer says what is wrong in fixed words; the detail is in the
+/// log (the updater logs each failure under the `error_id` given here).
 async fn ready(State(s): State<AppState>) -> Response {
-    match s.queries.status(ROOMS).await {
-        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready", "message": e.to_string()})),
-        )
-            .into_response(),
-    }
+    let (message, error_id) = match s.queries.status(ROOMS).await {
+        Ok(status) => match status.updater {
+            Some(h) if !h.committing => (
+                "not ready: the read-model updater cannot commit",
+                h.last_failure.map(|f| f.error_id),
+            ),
+            _ => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "read api: not ready: the views cannot be read");
+            ("not ready: the views cannot be read", None)
+        }
+    };
+    let body = serde_json::json!({"status": "not ready", "message": message, "error_id": error_id});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// How one gauge reads a projection's status (`None`: not known here).
@@ -277,12 +287,64 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ReadError> {
             |s| Some(s.active_version as f64),
         ),
     ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for status in &statuses {
-            if let Some(v) = value(status) {
-                let _ = writeln!(out, "{name}{{projection=\"{}\"}} {v}", status.projection);
-            }
+    // The updater's health, where it runs in this process.
+    let updater: [(&str, &str, &str, Gauge); 5] = [
+        (
+            "kiroku_updater_committing",
+            "gauge",
+            "1 while the read-model updater commits, 0 from a failed attempt until one succeeds.",
+            |s| {
+                s.updater
+                    .as_ref()
+                    .map(|h| f64::from(u8::from(h.committing)))
+            },
+        ),
+        (
+            "kiroku_updater_consecutive_failures",
+            "gauge",
+            "Failed attempts of the read-model updater since the last one that succeeded.",
+            |s| {
+                s.updater
+                    .as_ref()
+                    .map(|h| f64::from(h.consecutive_failures))
+            },
+        ),
+        (
+            "kiroku_updater_failing_seconds",
+            "gauge",
+            "How long the read-model updater has not been able to commit (0 while it commits).",
+            |s| {
+                let h = s.updater.as_ref()?;
+                Some(h.failing_since_ms.map_or(0.0, |since| {
+                    (crate::query::now_ms() - since).max(0) as f64 / 1000.0
+                }))
+            },
+        ),
+        (
+            "kiroku_updater_transient_faults_total",
+            "counter",
+            "Transient faults the read-model updater retried (connection lost, lost races, busy store).",
+            |s| s.updater.as_ref().map(|h| h.transient_faults as f64),
+        ),
+        (
+            "kiroku_updater_restarts_total",
+            "counter",
+            "Restarts of the read-model updater after a failure that was not transient, or a panic.",
+            |s| s.updater.as_ref().map(|h| h.restarts as f64),
+        ),
+    ];
+    let gauges = gauges.map(|(name, help, value)| (name, "gauge", help, value));
+    for (name, kind, help, value) in gauges.into_iter().chain(updater) {
+        let values: Vec<_> = statuses
+            .iter()
+            .filter_map(|s| Some((&s.projection, value(s)?)))
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (projection, v) in values {
+            let _ = writeln!(out, "{name}{{projection=\"{projection}\"}} {v}");
         }
     }
     Ok((

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kiroku_journal::{Journal, StreamId};
 use kiroku_read_model_updater::{
     Consistency as Reached, ConsistencyWaiter, Cursor, MessagePage, PROJECTIONS, Progress, ROOMS,
-    ReadStore, RoomSummary, StoreError,
+    ReadStore, RoomSummary, StoreError, UpdaterHealth,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -88,6 +88,8 @@ pub struct ProjectionStatus {
     pub dead_letters: u64,
     pub last_event_ms: i64,
     pub updated_ms: i64,
+    /// The updater's health, where it runs in this process (`kiroku dev`).
+    pub updater: Option<UpdaterHealth>,
 }
 
 /// Where the journal's head comes from, for lag.
@@ -106,6 +108,8 @@ pub struct ReadQueries {
     pub(crate) store: Arc<dyn ReadStore>,
     waiter: ConsistencyWaiter,
     head: Head,
+    /// The health of the updater in this process, if one runs here.
+    updater: Option<watch::Receiver<UpdaterHealth>>,
 }
 
 impl ReadQueries {
@@ -118,7 +122,14 @@ impl ReadQueries {
             waiter: ConsistencyWaiter::new(store.clone(), ROOMS, commits),
             store,
             head,
+            updater: None,
         }
+    }
+
+    /// Reports the health of the updater running in this process (status, metrics, readiness).
+    pub fn with_updater_health(mut self, health: watch::Receiver<UpdaterHealth>) -> Self {
+        self.updater = Some(health);
+        self
     }
 
     async fn consistent(&self, token: Option<&ConsistencyToken>) -> Result<(), ReadError> {
@@ -232,6 +243,7 @@ impl ReadQueries {
             dead_letters: state.dead_letters,
             last_event_ms: checkpoint.last_event_ms,
             updated_ms: checkpoint.updated_ms,
+            updater: self.updater.as_ref().map(|h| h.borrow().clone()),
         })
     }
 }

@@ -157,7 +157,8 @@ async fn serve(
             println!("kiroku {what}: read model {}", read.store);
             let side = ReadSide::start(&opened, true, store, &read.updater);
             let api = ReadApi::new(
-                ReadQueries::new(side.store.clone(), Head::Updater(side.progress.clone())),
+                ReadQueries::new(side.store.clone(), Head::Updater(side.progress.clone()))
+                    .with_updater_health(side.health.clone()),
                 auth.clone(),
             )
             .with_live(LiveStreams::default().following(side.changes.clone()));
