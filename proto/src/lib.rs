@@ -28,15 +28,19 @@ pub mod codec;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kiroku_descriptor.bin"));
 
-/// gRPC server reflection over every kiroku service and the health service, for any server
-/// that mounts them (`grpcurl -plaintext HOST:PORT list`).
+/// Adds gRPC server reflection over every kiroku service and the health service to `routes`, in
+/// both protocol versions: `grpc.reflection.v1` (grpcurl, Postman) and `grpc.reflection.v1alpha`
+/// (Google's Python grpcio-reflection client and older tools, which speak only that one). Every
+/// server mounts reflection through this function (`grpcurl -plaintext HOST:PORT list`).
 #[cfg(feature = "grpc")]
-pub fn reflection_service() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor sets are valid")
+pub fn with_reflection(routes: tonic::service::Routes) -> tonic::service::Routes {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let valid = "the embedded descriptor sets are valid";
+    routes
+        .add_service(builder().build_v1().expect(valid))
+        .add_service(builder().build_v1alpha().expect(valid))
 }

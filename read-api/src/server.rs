@@ -100,14 +100,12 @@ impl ReadApi {
         let shutdown = shutdown.boxed().shared();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ReadServiceServer<ReadGrpc>>().await;
-        let reflection = kiroku_proto::reflection_service();
         let live = self.live.clone();
         let grpc_shutdown = shutdown.clone();
         let drain_after = shutdown.clone();
         let grpc_server = Server::builder()
-            .add_routes(self.grpc_routes())
+            .add_routes(kiroku_proto::with_reflection(self.grpc_routes()))
             .add_service(health_service)
-            .add_service(reflection)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move {

@@ -60,7 +60,6 @@ impl WriteApi {
         health
             .set_serving::<HistoryServiceServer<HistoryApi>>()
             .await;
-        let reflection = kiroku_proto::reflection_service();
         let commands = CommandServiceServer::new(CommandApi::new(
             self.rooms.clone(),
             self.projections.clone(),
@@ -74,9 +73,10 @@ impl WriteApi {
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .timeout(self.config.request_timeout)
-            .add_routes(self.extra_routes.unwrap_or_default())
+            .add_routes(kiroku_proto::with_reflection(
+                self.extra_routes.unwrap_or_default(),
+            ))
             .add_service(health_service)
-            .add_service(reflection)
             .add_service(InterceptedService::new(commands, interceptor.clone()))
             .add_service(InterceptedService::new(history, interceptor))
             .serve_with_incoming_shutdown(
