@@ -329,3 +329,94 @@ async fn readyz_says_the_views_cannot_be_read_without_the_backends_words() {
         "dev keeps running"
     );
 }
+
+/// The same faults under `kiroku read-model-updater` (the updater alone, another process
+/// writing the journal): six terminations in a row, and it neither stops nor parks anything.
+#[tokio::test]
+async fn a_standalone_updater_survives_its_postgres_connection_terminated_mid_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::create().await;
+    let journal_path = dir.path().join("journal.db");
+    let journal = format!("sqlite://{}", journal_path.display());
+    let write = start(
+        &["write-api", "--listen", "127.0.0.1:0"],
+        &[
+            ("KIROKU_TOKENS", "0123456789abcdef-token=ann"),
+            ("KIROKU_JOURNAL", &journal),
+        ],
+    );
+    let channel = channel(&write.url).await;
+    let mut commands =
+        CommandServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                "Bearer 0123456789abcdef-token".parse().unwrap(),
+            );
+            Ok(r)
+        });
+    let (mut updater, _) = start_until(
+        &["read-model-updater"],
+        &[
+            ("KIROKU_JOURNAL", journal.as_str()),
+            ("KIROKU_READ_STORE", schema.store_url.as_str()),
+        ],
+        "projecting",
+    );
+    let create = |r: usize| {
+        exec(
+            &format!("r{r}"),
+            &format!("create-{r}"),
+            C::CreateRoom(pb::CreateRoom {
+                name: "lobby".into(),
+            }),
+        )
+    };
+    commands.execute(create(0)).await.unwrap();
+    let store = open_store(&schema.store_url).await.unwrap();
+    let caught_up = |head: u64| {
+        let store = store.clone();
+        async move {
+            for _ in 0..400 {
+                if store.state(ROOMS).await.unwrap().checkpoint.position >= head {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            false
+        }
+    };
+    assert!(caught_up(journal_head(&journal_path)).await);
+
+    let holder = connect(&std::env::var("KIROKU_TEST_POSTGRES_URL").unwrap()).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "LOCK TABLE {}.checkpoints IN EXCLUSIVE MODE",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    for round in 1..=6 {
+        commands.execute(create(round)).await.unwrap();
+        let pid = schema.blocked_writer().await;
+        schema
+            .admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    assert!(
+        caught_up(journal_head(&journal_path)).await,
+        "the updater catches up"
+    );
+    assert!(updater.try_wait().unwrap().is_none(), "it never stopped");
+    let state = store.state(ROOMS).await.unwrap();
+    assert_eq!(state.dead_letters, 0, "nothing parked");
+    assert_eq!(store.dump(ROOMS, 1).await.unwrap().rooms.len(), 7);
+    updater.kill().unwrap();
+    updater.wait().unwrap();
+    drop(write);
+    schema.drop_schema().await;
+}
