@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::status::from_command_error;
+use super::status::{from_command_error, public};
 use crate::runtime::{
     AggregateRuntime, CommandError, CommandMeta, CommandState, Executed, outcome_of,
 };
@@ -29,7 +29,8 @@ const MESSAGE_NS: Uuid = Uuid::from_u128(0x6b69726f_6b75_4000_8000_6d7367000002)
 /// Waits until the read model shows an aggregate's version (for `WAIT_MODE_PROJECTED`).
 #[tonic::async_trait]
 pub trait ProjectionWait: Send + Sync + 'static {
-    /// Whether the views reached `version` of `aggregate_id` within `timeout`.
+    /// Whether the views reached `version` of `aggregate_id` within `timeout`; an error when
+    /// the read store failed (the command's reply then says `projected = false`).
     async fn wait_projected(
         &self,
         aggregate_id: &str,
@@ -181,7 +182,8 @@ fn result_message(command_id: &str, state: &CommandState) -> CommandResult {
                 PbState::Failed
             } as i32;
             out.error_code = e.code() as i32;
-            out.error_message = e.to_string();
+            // A failure's detail (journal text) goes to the log, not to the client.
+            out.error_message = public(e).message;
         }
     }
     out
@@ -270,10 +272,24 @@ impl CommandService for CommandApi {
                     .await
                     .map_err(|e: CommandError| from_command_error(&e))?;
                 let mut reply = reply(&command_id, &executed);
-                reply.projected = projections
+                // The command is durable whatever the read side does: a failing read store
+                // makes this a plain success that is not (yet) projected, never an error.
+                reply.projected = match projections
                     .wait_projected(&reply.room_id, reply.version, projected_wait)
                     .await
-                    .map_err(|e| Status::unavailable(format!("the read model failed: {e}")))?;
+                {
+                    Ok(projected) => projected,
+                    Err(error) => {
+                        tracing::warn!(
+                            %error,
+                            %command_id,
+                            room_id = %reply.room_id,
+                            version = reply.version,
+                            "the read model failed during a projected wait; replying projected=false"
+                        );
+                        false
+                    }
+                };
                 Ok(Response::new(reply))
             }
         }
