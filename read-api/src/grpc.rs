@@ -41,10 +41,13 @@ impl pb::read_service_server::ReadService for ReadGrpc {
         &self,
         request: Request<pb::GetRoomRequest>,
     ) -> Result<Response<pb::RoomSummary>, Status> {
-        identity(&request)?;
+        let who = identity(&request)?;
         let r = request.into_inner();
         let token = token(r.consistency.as_ref())?;
-        let room = self.queries.room(&r.room_id, token.as_ref()).await?;
+        let room = self
+            .queries
+            .room(&who.principal, &r.room_id, token.as_ref())
+            .await?;
         Ok(Response::new(room_pb(room)))
     }
 
@@ -52,12 +55,18 @@ impl pb::read_service_server::ReadService for ReadGrpc {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        identity(&request)?;
+        let who = identity(&request)?;
         let r = request.into_inner();
         let token = token(r.consistency.as_ref())?;
         let page = self
             .queries
-            .messages(&r.room_id, &r.cursor, r.page_size, token.as_ref())
+            .messages(
+                &who.principal,
+                &r.room_id,
+                &r.cursor,
+                r.page_size,
+                token.as_ref(),
+            )
             .await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: page.messages.into_iter().map(message_pb).collect(),
@@ -69,12 +78,12 @@ impl pb::read_service_server::ReadService for ReadGrpc {
         &self,
         request: Request<pb::ListMemberRoomsRequest>,
     ) -> Result<Response<pb::ListMemberRoomsResponse>, Status> {
-        identity(&request)?;
+        let who = identity(&request)?;
         let r = request.into_inner();
         let token = token(r.consistency.as_ref())?;
         let rooms = self
             .queries
-            .member_rooms(&r.user_id, r.limit, token.as_ref())
+            .member_rooms(&who.principal, &r.user_id, r.limit, token.as_ref())
             .await?;
         Ok(Response::new(pb::ListMemberRoomsResponse {
             rooms: rooms.into_iter().map(room_pb).collect(),
@@ -99,11 +108,11 @@ impl pb::read_service_server::ReadService for ReadGrpc {
         &self,
         request: Request<pb::WatchRoomRequest>,
     ) -> Result<Response<Updates>, Status> {
-        identity(&request)?;
+        let who = identity(&request)?;
         let r = request.into_inner();
         let updates = self
             .live
-            .watch_room(&self.queries, &r.room_id, r.after_version)
+            .watch_room(&self.queries, &who.principal, &r.room_id, r.after_version)
             .await?;
         let updates = updates.map(|u| u.map(update_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(updates)))

@@ -13,14 +13,16 @@
 //!
 //! Queries take `consistent_with=ROOM_ID:VERSION` (the pair every command reply carries) and
 //! `timeout_ms`. Errors are `{"code": "NOT_FOUND", "message": "…"}` with the HTTP status
-//! grpc-gateway gives the same gRPC code. Every route but the probes needs credentials, exactly
-//! as the gRPC services do.
+//! grpc-gateway gives the same gRPC code; a backend failure says only `internal error (id …)`
+//! and adds `"error_id"` (also the `x-kiroku-error-id` header); a reached cap on consistency
+//! waits or live streams is 429 with `Retry-After`. Every route but the probes needs
+//! credentials, exactly as the gRPC services do.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -28,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
-use kiroku_proto::auth::Auth;
+use kiroku_proto::auth::{Auth, Identity};
 use kiroku_read_model_updater::{MessagePage, PROJECTIONS, ROOMS, RoomSummary};
 use serde::Deserialize;
 use tonic::metadata::MetadataMap;
@@ -142,18 +144,27 @@ fn token(
     ConsistencyToken::parse(id, version, timeout_ms.unwrap_or(0))
 }
 
+/// The caller, as [`authenticate`] found it.
+type Who = Extension<Identity>;
+
 async fn room(
     State(s): State<AppState>,
+    Extension(who): Who,
     room_id: Id,
     p: Params<RoomParams>,
 ) -> Result<Json<RoomSummary>, ReadError> {
     let (room_id, p) = (id(room_id)?, params(p)?);
     let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
-    Ok(Json(s.queries.room(&room_id, token.as_ref()).await?))
+    let room = s
+        .queries
+        .room(&who.principal, &room_id, token.as_ref())
+        .await?;
+    Ok(Json(room))
 }
 
 async fn messages(
     State(s): State<AppState>,
+    Extension(who): Who,
     room_id: Id,
     p: Params<MessagesParams>,
 ) -> Result<Json<MessagePage>, ReadError> {
@@ -162,6 +173,7 @@ async fn messages(
     let page = s
         .queries
         .messages(
+            &who.principal,
             &room_id,
             p.cursor.as_deref().unwrap_or(""),
             p.page_size.unwrap_or(0),
@@ -173,6 +185,7 @@ async fn messages(
 
 async fn member_rooms(
     State(s): State<AppState>,
+    Extension(who): Who,
     user_id: Id,
     p: Params<MemberParams>,
 ) -> Result<Json<serde_json::Value>, ReadError> {
@@ -180,7 +193,12 @@ async fn member_rooms(
     let token = token(p.consistent_with.as_deref(), p.timeout_ms)?;
     let rooms = s
         .queries
-        .member_rooms(&user_id, p.limit.unwrap_or(0), token.as_ref())
+        .member_rooms(
+            &who.principal,
+            &user_id,
+            p.limit.unwrap_or(0),
+            token.as_ref(),
+        )
         .await?;
     Ok(Json(serde_json::json!({ "rooms": rooms })))
 }
@@ -194,6 +212,7 @@ async fn projection(
 
 async fn live_room(
     State(s): State<AppState>,
+    Extension(who): Who,
     room_id: Id,
     headers: HeaderMap,
     p: Params<LiveParams>,
@@ -210,16 +229,23 @@ async fn live_room(
         ),
     };
     let after = resume.or(p.after_version).unwrap_or(0);
-    let updates = s.live.watch_room(&s.queries, &room_id, after).await?;
+    let updates = s
+        .live
+        .watch_room(&s.queries, &who.principal, &room_id, after)
+        .await?;
     let events = updates.map(|u| {
-        Ok(match u {
+        let event = match u {
             Ok(u) => Event::default()
                 .event("update")
                 .id(u.version.to_string())
-                .json_data(&u)
-                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
-            Err(e) => Event::default().event("error").data(e.to_string()),
-        })
+                .json_data(&u),
+            // The same JSON as an error response (a backend failure as a fixed text and an id).
+            Err(e) => Event::default().event("error").json_data(e.public()),
+        };
+        Ok(event.unwrap_or_else(|e| {
+            let e = ReadError::Internal(format!("cannot encode a live update: {e}"));
+            Event::default().event("error").data(e.public().message)
+        }))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

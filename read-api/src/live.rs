@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ReadError;
+use crate::limits::{Caps, Limiter, Permit, ReadLimits};
 use crate::query::{ReadQueries, check_id};
 
 /// Messages read per store query while catching up.
@@ -23,6 +24,8 @@ const CHANGES_PER_READ: usize = 500;
 const ROOM: &str = "room";
 /// Updates buffered for a slow subscriber before its task waits for it.
 const BUFFERED_UPDATES: usize = 16;
+/// What the limiter calls the streams in refusals.
+const STREAMS: &str = "live streams";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoomUpdate {
@@ -36,12 +39,15 @@ pub struct RoomUpdate {
     pub messages: Vec<MessageView>,
 }
 
-/// Ends every live stream (on shutdown, so servers can drain).
+/// Opens live streams (capped per principal and in total) and ends them all on shutdown, so
+/// servers can drain.
 #[derive(Clone)]
 pub struct LiveStreams {
     closing: watch::Sender<bool>,
     poll: Duration,
     changes: Option<broadcast::Sender<Changed>>,
+    /// Streams open, gRPC and SSE together.
+    open: Limiter,
 }
 
 impl Default for LiveStreams {
@@ -57,7 +63,19 @@ impl LiveStreams {
             closing: watch::channel(false).0,
             poll,
             changes: None,
+            open: Limiter::new(STREAMS, ReadLimits::default().streams),
         }
+    }
+
+    /// Caps the streams open at once (beyond: RESOURCE_EXHAUSTED before the stream starts).
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.open = Limiter::new(STREAMS, caps);
+        self
+    }
+
+    /// The caps in force.
+    pub fn caps(&self) -> Caps {
+        self.open.caps()
     }
 
     /// Wake subscribers from the commits of the updater in this process instead of polling.
@@ -70,15 +88,19 @@ impl LiveStreams {
         self.closing.send_replace(true);
     }
 
-    /// Follows `room_id` from `after_version`. An unknown room is NOT_FOUND (before the stream
-    /// starts); a failure later ends the stream with that error.
+    /// Follows `room_id` from `after_version` for `principal`, holding one of its stream slots
+    /// until the stream ends (also when the subscriber goes away). An unknown room is NOT_FOUND
+    /// and a reached cap RESOURCE_EXHAUSTED, both before the stream starts; a failure later ends
+    /// the stream with that error.
     pub async fn watch_room(
         &self,
         queries: &ReadQueries,
+        principal: &str,
         room_id: &str,
         after_version: u64,
     ) -> Result<ReceiverStream<Result<RoomUpdate, ReadError>>, ReadError> {
         check_id("room id", room_id)?;
+        let slot = self.open.try_acquire(principal)?;
         // Subscribed before the first read, so no commit after it goes unnoticed.
         let changes = self.changes.as_ref().map(broadcast::Sender::subscribe);
         queries.existing_room(room_id).await?;
@@ -90,6 +112,7 @@ impl LiveStreams {
             changes,
             closing: self.closing.subscribe(),
             poll: self.poll,
+            _slot: slot,
         };
         tokio::spawn(follower.run(tx));
         Ok(ReceiverStream::new(rx))
@@ -103,6 +126,8 @@ struct Follower {
     changes: Option<broadcast::Receiver<Changed>>,
     closing: watch::Receiver<bool>,
     poll: Duration,
+    /// Released when the task ends: the subscriber left, the stream failed, or shutdown.
+    _slot: Permit,
 }
 
 impl Follower {

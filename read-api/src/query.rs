@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::ReadError;
+use crate::limits::{Caps, Limiter, ReadLimits};
 
 /// Longest a query may wait for a consistency token.
 pub const MAX_CONSISTENCY_WAIT: Duration = Duration::from_secs(30);
@@ -102,6 +103,9 @@ pub enum Head {
     Unknown,
 }
 
+/// What the limiter calls consistency waits in refusals.
+const WAITS: &str = "consistency waits";
+
 /// The queries, shared by every request of both faces.
 #[derive(Clone)]
 pub struct ReadQueries {
@@ -110,9 +114,13 @@ pub struct ReadQueries {
     head: Head,
     /// The health of the updater in this process, if one runs here.
     updater: Option<watch::Receiver<UpdaterHealth>>,
+    /// Consistency waits in progress, per principal and in total.
+    waits: Limiter,
 }
 
 impl ReadQueries {
+    /// Consistency waits wake on the updater's commits when it runs in this process
+    /// ([`Head::Updater`]) and poll the store otherwise.
     pub fn new(store: Arc<dyn ReadStore>, head: Head) -> Self {
         let commits = match &head {
             Head::Updater(progress) => Some(progress.clone()),
@@ -123,7 +131,20 @@ impl ReadQueries {
             store,
             head,
             updater: None,
+            waits: Limiter::new(WAITS, ReadLimits::default().waits),
         }
+    }
+
+    /// Caps the consistency waits in progress (beyond: RESOURCE_EXHAUSTED).
+    pub fn with_wait_caps(mut self, caps: Caps) -> Self {
+        self.waits = Limiter::new(WAITS, caps);
+        self
+    }
+
+    /// How often a consistency wait polls the store when no updater runs in this process.
+    pub fn with_wait_poll(mut self, poll: Duration) -> Self {
+        self.waiter = self.waiter.with_poll_interval(poll);
+        self
     }
 
     /// Reports the health of the updater running in this process (status, metrics, readiness).
@@ -132,9 +153,20 @@ impl ReadQueries {
         self
     }
 
-    async fn consistent(&self, token: Option<&ConsistencyToken>) -> Result<(), ReadError> {
+    /// Returns once the view has applied the token's version, or says how far it got. A query
+    /// that has to wait holds one of `principal`'s wait slots while it does.
+    async fn consistent(
+        &self,
+        principal: &str,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<(), ReadError> {
         let Some(token) = token else { return Ok(()) };
         let stream = StreamId::new(ROOM, token.aggregate_id.clone());
+        // Already there (the common case right after a command): no slot needed.
+        if self.waiter.applied(&stream).await? >= token.version {
+            return Ok(());
+        }
+        let _slot = self.waits.try_acquire(principal)?;
         match self
             .waiter
             .wait_for(&stream, token.version, token.timeout)
@@ -150,13 +182,15 @@ impl ReadQueries {
         }
     }
 
+    /// A room's summary, for `principal`.
     pub async fn room(
         &self,
+        principal: &str,
         room_id: &str,
         token: Option<&ConsistencyToken>,
     ) -> Result<RoomSummary, ReadError> {
         check_id("room id", room_id)?;
-        self.consistent(token).await?;
+        self.consistent(principal, token).await?;
         self.existing_room(room_id).await
     }
 
@@ -170,6 +204,7 @@ impl ReadQueries {
     /// A page of a room's messages, newest first. `cursor` is empty for the first page.
     pub async fn messages(
         &self,
+        principal: &str,
         room_id: &str,
         cursor: &str,
         page_size: u32,
@@ -181,7 +216,7 @@ impl ReadQueries {
             "" => None,
             c => Some(Cursor::parse(c).map_err(ReadError::invalid)?),
         };
-        self.consistent(token).await?;
+        self.consistent(principal, token).await?;
         self.existing_room(room_id).await?;
         Ok(self.store.messages(room_id, before, limit).await?)
     }
@@ -189,13 +224,14 @@ impl ReadQueries {
     /// The rooms a user is a member of (no rooms is an empty list, not an error).
     pub async fn member_rooms(
         &self,
+        principal: &str,
         user_id: &str,
         limit: u32,
         token: Option<&ConsistencyToken>,
     ) -> Result<Vec<RoomSummary>, ReadError> {
         check_id("user id", user_id)?;
         let limit = bounded("limit", limit, DEFAULT_ROOMS_LIMIT, MAX_ROOMS_LIMIT)?;
-        self.consistent(token).await?;
+        self.consistent(principal, token).await?;
         Ok(self.store.member_rooms(user_id, limit).await?)
     }
 
@@ -251,7 +287,7 @@ impl ReadQueries {
 impl From<StoreError> for ReadError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ReadError::Unavailable(m),
+            e @ StoreError::Unavailable(_) => ReadError::Unavailable(e.to_string()),
             StoreError::UnknownProjection(p) => {
                 ReadError::NotFound(format!("there is no projection {p:?}"))
             }

@@ -14,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::grpc::ReadGrpc;
+use crate::limits::ReadLimits;
 use crate::live::LiveStreams;
 use crate::query::ReadQueries;
 
@@ -40,6 +41,14 @@ impl ReadApi {
     /// Live push woken by the commits of the updater in this process (see [`LiveStreams`]).
     pub fn with_live(mut self, live: LiveStreams) -> Self {
         self.live = live;
+        self
+    }
+
+    /// Caps consistency waits and live streams, per principal and in total (after
+    /// [`ReadApi::with_live`], which brings its own stream caps).
+    pub fn with_limits(mut self, limits: ReadLimits) -> Self {
+        self.queries = self.queries.with_wait_caps(limits.waits);
+        self.live = self.live.with_caps(limits.streams);
         self
     }
 

@@ -10,6 +10,12 @@ use tokio::time::Instant;
 use crate::store::{ReadStore, StoreError};
 use crate::updater::Progress;
 
+/// How often a wait looks at the store when no updater in this process tells it about commits.
+const DEFAULT_WAIT_POLL: Duration = Duration::from_millis(50);
+/// Beside an updater, a wait still looks now and then without a commit: a rebuild run by another
+/// process may switch the active version under it.
+const LOOK_AROUND: Duration = Duration::from_secs(1);
+
 /// The outcome of a consistency wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -19,8 +25,8 @@ pub enum Consistency {
     NotYet { applied: u64 },
 }
 
-/// Waits for views to reach a version. In the updater's process it is woken by each commit;
-/// elsewhere it polls the store.
+/// Waits for views to reach a version. In the updater's process a wait reads the store once per
+/// commit the updater publishes (and once a second besides); elsewhere it polls the store.
 #[derive(Clone)]
 pub struct ConsistencyWaiter {
     store: Arc<dyn ReadStore>,
@@ -30,6 +36,7 @@ pub struct ConsistencyWaiter {
 }
 
 impl ConsistencyWaiter {
+    /// `commits`: the progress of the updater in this process, if one runs here.
     pub fn new(
         store: Arc<dyn ReadStore>,
         projection: &str,
@@ -39,8 +46,19 @@ impl ConsistencyWaiter {
             store,
             projection: projection.to_owned(),
             commits,
-            poll: Duration::from_millis(10),
+            poll: DEFAULT_WAIT_POLL,
         }
+    }
+
+    /// How often to poll when there is no updater here (or it stopped).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The view's applied version of `stream` right now, without waiting.
+    pub async fn applied(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        self.store.applied_sequence(&self.projection, stream).await
     }
 
     pub async fn wait_for(
@@ -52,26 +70,27 @@ impl ConsistencyWaiter {
         let deadline = Instant::now() + timeout;
         let mut commits = self.commits.clone();
         loop {
+            // Marked seen before the read: a commit after it wakes the next wait.
             if let Some(c) = commits.as_mut() {
                 c.borrow_and_update();
             }
-            let applied = self
-                .store
-                .applied_sequence(&self.projection, stream)
-                .await?;
+            let applied = self.applied(stream).await?;
             if applied >= version {
                 return Ok(Consistency::Reached { applied });
             }
             if Instant::now() >= deadline {
                 return Ok(Consistency::NotYet { applied });
             }
-            let wake = deadline.min(Instant::now() + self.poll);
             match commits.as_mut() {
-                // Woken by the next commit; the poll bound covers a commit of another process.
                 Some(c) => {
-                    let _ = tokio::time::timeout_at(wake, c.changed()).await;
+                    let wake = deadline.min(Instant::now() + LOOK_AROUND);
+                    if let Ok(Err(_)) = tokio::time::timeout_at(wake, c.changed()).await {
+                        // The updater is gone (stopped, or being restarted): poll from now on
+                        // rather than spin on a closed channel.
+                        commits = None;
+                    }
                 }
-                None => tokio::time::sleep_until(wake).await,
+                None => tokio::time::sleep_until(deadline.min(Instant::now() + self.poll)).await,
             }
         }
     }

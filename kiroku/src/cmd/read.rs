@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiroku_journal::StreamId;
-use kiroku_read_api::{Head, ReadApi, ReadQueries};
+use kiroku_read_api::{Caps, Head, ReadApi, ReadLimits, ReadQueries};
 use kiroku_read_model_updater::{
     Changed, Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
     RoomsProjection, Updater, UpdaterConfig, UpdaterHealth, dead_letters, open_store, rebuild,
@@ -30,6 +30,39 @@ pub struct UpdaterArgs {
     /// How often to look for new events when the journal is written by another process.
     #[arg(long, env = "KIROKU_UPDATER_POLL_MS", default_value_t = 20)]
     pub poll_ms: u64,
+}
+
+/// Caps on the read API's long-lived requests, per principal and in total; beyond them
+/// RESOURCE_EXHAUSTED (HTTP 429).
+#[derive(Args, Debug, Clone)]
+pub struct ReadLimitArgs {
+    /// Queries waiting for a consistency token at once, all callers together.
+    #[arg(long, env = "KIROKU_READ_MAX_WAITS", default_value_t = kiroku_read_api::DEFAULT_MAX_WAITS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waits: u32,
+    /// Queries waiting for a consistency token at once, per principal.
+    #[arg(long, env = "KIROKU_READ_MAX_WAITS_PER_PRINCIPAL", default_value_t = kiroku_read_api::DEFAULT_MAX_WAITS_PER_PRINCIPAL as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waits_per_principal: u32,
+    /// Live streams (gRPC WatchRoom and SSE) open at once, all callers together.
+    #[arg(long, env = "KIROKU_READ_MAX_STREAMS", default_value_t = kiroku_read_api::DEFAULT_MAX_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// Live streams open at once, per principal.
+    #[arg(long, env = "KIROKU_READ_MAX_STREAMS_PER_PRINCIPAL", default_value_t = kiroku_read_api::DEFAULT_MAX_STREAMS_PER_PRINCIPAL as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_principal: u32,
+}
+
+impl ReadLimitArgs {
+    pub fn limits(&self) -> ReadLimits {
+        ReadLimits {
+            waits: Caps {
+                total: self.max_waits as usize,
+                per_principal: self.max_waits_per_principal as usize,
+            },
+            streams: Caps {
+                total: self.max_streams as usize,
+                per_principal: self.max_streams_per_principal as usize,
+            },
+        }
+    }
 }
 
 /// A running updater and what the rest of the process needs from it.
@@ -325,6 +358,8 @@ pub struct ReadApiArgs {
     http_listen: SocketAddr,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    limits: ReadLimitArgs,
 }
 
 /// `kiroku read-api`: the read API alone, over a read store another process fills.
@@ -336,7 +371,7 @@ pub async fn read_api(args: ReadApiArgs) -> anyhow::Result<()> {
         Some(url) => Head::Journal(open_feed_journal(url).await?.port()),
         None => Head::Unknown,
     };
-    let api = ReadApi::new(ReadQueries::new(store, head), auth);
+    let api = ReadApi::new(ReadQueries::new(store, head), auth).with_limits(args.limits.limits());
     let http = TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding {}", args.http_listen))?;

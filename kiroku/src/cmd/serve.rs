@@ -11,7 +11,7 @@ use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
 use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 use tokio::net::TcpListener;
 
-use super::read::{ReadSide, UpdaterArgs, open_read_store};
+use super::read::{ReadLimitArgs, ReadSide, UpdaterArgs, open_read_store};
 use crate::journal_url::JournalUrl;
 
 #[derive(Args, Debug, Clone)]
@@ -92,6 +92,8 @@ pub struct DevArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     updater: UpdaterArgs,
+    #[command(flatten)]
+    read_limits: ReadLimitArgs,
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +140,7 @@ struct DevReadSide {
     store: String,
     updater: UpdaterArgs,
     http: SocketAddr,
+    limits: ReadLimitArgs,
 }
 
 async fn serve(
@@ -161,7 +164,8 @@ async fn serve(
                     .with_updater_health(side.health.clone()),
                 auth.clone(),
             )
-            .with_live(LiveStreams::default().following(side.changes.clone()));
+            .with_live(LiveStreams::default().following(side.changes.clone()))
+            .with_limits(read.limits.limits());
             let http = TcpListener::bind(read.http)
                 .await
                 .with_context(|| format!("binding {}", read.http))?;
@@ -256,6 +260,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("views.db").display())),
         updater: args.updater.clone(),
         http: args.http_listen,
+        limits: args.read_limits.clone(),
     };
     serve(
         journal,
