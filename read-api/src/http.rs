@@ -7,9 +7,9 @@
 //! | `GET /v1/rooms/{room_id}/messages?cursor=&page_size=` | a page of messages, newest first |
 //! | `GET /v1/rooms/{room_id}/live?after_version=` | SSE: one `update` event per change (`id` = version; `Last-Event-ID` resumes) |
 //! | `GET /v1/members/{user_id}/rooms?limit=` | the rooms a user is a member of |
-//! | `GET /v1/projections/{projection}` | position, lag, dead letters |
+//! | `GET /v1/projections/{projection}` | position, lag, dead letters, the updater's health (`dev`) |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /healthz`, `GET /readyz` | liveness, readiness (no credentials needed, no data) |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness: 503 while the views cannot be read or the updater here cannot commit (no credentials needed, no data) |
 //!
 //! Queries take `consistent_with=ROOM_ID:VERSION` (the pair every command reply carries) and
 //! `timeout_ms`. Errors are `{"code": "NOT_FOUND", "message": "…"}` with the HTTP status
