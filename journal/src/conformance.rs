@@ -413,7 +413,9 @@ pub async fn rejections_are_recorded_once(j: J) {
 /// refused with the real version and recorded nowhere, so the command can be decided again.
 pub async fn a_rejection_decided_on_a_stale_version_is_not_recorded(j: J) {
     let s = unique_stream("stale-rejection");
-    j.append(request(&s, 0, 2, &format!("{s}-a"))).await.unwrap();
+    j.append(request(&s, 0, 2, &format!("{s}-a")))
+        .await
+        .unwrap();
     let rejection = CommandRecord {
         principal: "ann".into(),
         command_id: format!("{s}-r"),
@@ -426,16 +428,38 @@ pub async fn a_rejection_decided_on_a_stale_version_is_not_recorded(j: J) {
     };
     let err = j.record_rejection(rejection.clone(), 1).await.unwrap_err();
     assert!(
-        matches!(err, JournalError::Conflict { expected: 1, actual: 2, .. }),
+        matches!(
+            err,
+            JournalError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert_eq!(j.command_record("ann", &format!("{s}-r")).await.unwrap(), None);
+    assert_eq!(
+        j.command_record("ann", &format!("{s}-r")).await.unwrap(),
+        None
+    );
     // Decided again on the current version, the same command may now succeed.
-    let appended = j.append(request(&s, 2, 1, &format!("{s}-r"))).await.unwrap();
-    assert!(matches!(appended, AppendOutcome::Appended(_)), "{appended:?}");
+    let appended = j
+        .append(request(&s, 2, 1, &format!("{s}-r")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(appended, AppendOutcome::Appended(_)),
+        "{appended:?}"
+    );
     // And a rejection decided on the current version is recorded.
-    let current = CommandRecord { command_id: format!("{s}-r2"), ..rejection };
-    assert_eq!(j.record_rejection(current.clone(), 3).await.unwrap(), current);
+    let current = CommandRecord {
+        command_id: format!("{s}-r2"),
+        ..rejection
+    };
+    assert_eq!(
+        j.record_rejection(current.clone(), 3).await.unwrap(),
+        current
+    );
 }
 
 /// Eight writers race for the same stream, each re-reading the version after a conflict. Every

@@ -16,6 +16,35 @@ pub enum JournalUrl {
     DynamoDb(String),
 }
 
+/// How kiroku keeps its SQLite files (the embedded journal and read store).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SqliteArgs {
+    /// Checkpoint and truncate a SQLite WAL before it passes this many MiB (0: unbounded).
+    #[arg(long, env = "KIROKU_SQLITE_WAL_CEILING_MIB", default_value_t = 64)]
+    pub wal_ceiling_mib: u64,
+}
+
+impl Default for SqliteArgs {
+    fn default() -> Self {
+        Self {
+            wal_ceiling_mib: kiroku_journal::wal::DEFAULT_WAL_CEILING >> 20,
+        }
+    }
+}
+
+impl SqliteArgs {
+    pub fn wal_ceiling(&self) -> u64 {
+        self.wal_ceiling_mib << 20
+    }
+
+    fn journal_options(&self) -> SqliteJournalOptions {
+        SqliteJournalOptions {
+            wal_ceiling: self.wal_ceiling(),
+            ..SqliteJournalOptions::default()
+        }
+    }
+}
+
 /// An opened journal.
 pub enum Opened {
     Sqlite(SqliteJournal),
@@ -27,6 +56,16 @@ impl Opened {
         match self {
             Opened::Sqlite(j) => Arc::new(j.clone()),
             Opened::DynamoDb(j) => Arc::new(j.clone()),
+        }
+    }
+
+    /// Leaves the whole journal in its file for a clean shutdown (SQLite: the WAL is checkpointed
+    /// and truncated). Nothing to do for DynamoDB.
+    pub async fn close(&self) {
+        if let Opened::Sqlite(j) = self
+            && let Err(e) = j.truncate_wal().await
+        {
+            tracing::warn!(error = %e, "the journal's WAL was not truncated at shutdown");
         }
     }
 
@@ -64,10 +103,10 @@ impl JournalUrl {
 
     /// Opens the journal. With `create`, DynamoDB tables are created if missing (idempotent);
     /// SQLite files always are.
-    pub async fn open(&self, create: bool) -> anyhow::Result<Opened> {
+    pub async fn open(&self, create: bool, sqlite: &SqliteArgs) -> anyhow::Result<Opened> {
         match self {
             Self::Sqlite(path) => {
-                let journal = SqliteJournal::open(path, SqliteJournalOptions::default())
+                let journal = SqliteJournal::open(path, sqlite.journal_options())
                     .with_context(|| format!("opening the journal at {}", path.display()))?;
                 Ok(Opened::Sqlite(journal))
             }

@@ -29,7 +29,7 @@ pub use projection::{Change, PROJECTIONS, Projection, ROOMS, RoomsProjection};
 pub use store::{
     Batch, Checkpoint, CommitOutcome, Cursor, DeadLetter, MessagePage, MessageView, Poison,
     PostgresReadStore, ProjectedEvent, ProjectionState, ReadStore, RoomSummary, SqliteReadStore,
-    StoreError, ViewsDump, open_store,
+    StoreError, ViewsDump, open_store, open_store_with_wal_ceiling,
 };
 pub use updater::{Changed, Progress, Updater, UpdaterConfig, UpdaterError};
 pub use waiter::{Consistency, ConsistencyWaiter};

@@ -390,8 +390,8 @@ fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> JournalError {
 
 #[cfg(test)]
 mod tests {
-    use kiroku_journal::conformance::request;
     use kiroku_journal::StreamId;
+    use kiroku_journal::conformance::request;
 
     use super::*;
 

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    DeleteRequest, Select, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{DeleteRequest, Select, WriteRequest};
 use kiroku_journal::{
     AppendOutcome, AppendRequest, CommandRecord, Envelope, Journal, JournalError, SnapshotRecord,
     StreamId,

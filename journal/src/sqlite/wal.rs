@@ -169,6 +169,10 @@ mod tests {
         }
         assert!(ceiling.wal_size() > 256 * 1024);
         assert_eq!(truncate(&writer).unwrap(), Checkpointed::Truncated);
-        assert_eq!(ceiling.wal_size(), 0, "a truncating checkpoint empties the log");
+        assert_eq!(
+            ceiling.wal_size(),
+            0,
+            "a truncating checkpoint empties the log"
+        );
     }
 }

@@ -16,7 +16,6 @@ use kiroku_proto::v1::{
 };
 use kiroku_write_api::grpc::{Auth, WriteApi, WriteApiConfig};
 use kiroku_write_api::runtime::{AggregateRuntime, CommandMeta, RuntimeConfig};
-use tokio::sync::Mutex;
 
 use super::client::ClientArgs;
 
@@ -42,6 +41,9 @@ enum Bench {
     Lag(super::bench_read::LagArgs),
     /// From command acknowledgement to the message pushed to live gRPC subscribers.
     Push(super::bench_push::PushArgs),
+    /// A paced load on a `kiroku dev` process for minutes: disk (WAL) use, throughput and p99 over
+    /// time, and what a clean shutdown leaves behind.
+    Soak(super::bench_soak::SoakArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Rebuild(a) => super::bench_read::rebuild_rate(a).await,
         Bench::Lag(a) => super::bench_read::lag(a).await,
         Bench::Push(a) => super::bench_push::push(a).await,
+        Bench::Soak(a) => super::bench_soak::soak(a).await,
     }
 }
 
@@ -89,7 +92,6 @@ fn meta(command_id: String) -> Option<PbMeta> {
 }
 
 async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
-    let client_args = a.client.clone();
     let _dir;
     let mut _server = None;
     let target = match &a.target {
@@ -115,118 +117,31 @@ async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
             format!("http://{addr}")
         }
     };
-    let mut clients = Vec::new();
-    for _ in 0..a.connections.max(1) {
-        let channel = tonic::transport::Channel::from_shared(target.clone())?
-            .connect()
-            .await?;
-        clients.push(
-            kiroku_proto::v1::command_service_client::CommandServiceClient::with_interceptor(
-                channel,
-                client_args.credentials()?,
-            ),
-        );
-    }
-    let run_id = uuid::Uuid::now_v7().to_string();
-    let rooms: Vec<String> = (0..a.aggregates)
-        .map(|i| format!("bench-{run_id}-{i}"))
-        .collect();
-    eprintln!("creating {} rooms on {target} ...", rooms.len());
-    futures::future::try_join_all(rooms.chunks(256).enumerate().map(|(n, chunk)| {
-        let mut c = clients[n % clients.len()].clone();
-        async move {
-            for room in chunk {
-                let create = Pb::CreateRoom(pb::CreateRoom { name: room.clone() });
-                c.execute(ExecuteRequest {
-                    meta: None,
-                    room_id: room.clone(),
-                    command: Some(create),
-                })
-                .await?;
-            }
-            Ok::<_, tonic::Status>(())
-        }
-    }))
-    .await?;
-
+    let load = PostLoad::connect(&target, a.connections, a.aggregates, &a.client).await?;
     let mode = match a.rate {
         Some(r) => format!("paced at {r} commands/s"),
         None => "closed loop (as fast as possible)".into(),
     };
     eprintln!(
         "posting for {}s with {} in flight over {} connections, {mode} ...",
-        a.seconds,
-        a.concurrency,
-        clients.len()
+        a.seconds, a.concurrency, a.connections
     );
     let start = Instant::now();
-    let end = start + Duration::from_secs(a.seconds);
-    let errors = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let rooms = Arc::new(rooms);
-    let workers = a.concurrency.max(1);
-    let interval = a
-        .rate
-        .map(|r| Duration::from_secs_f64(workers as f64 / r.max(1) as f64));
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let mut c = clients[w % clients.len()].clone();
-        let (rooms, errors) = (rooms.clone(), errors.clone());
-        let run_id = run_id.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
-            let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / workers as f64));
-            let mut n = 0usize;
-            while next < end {
-                if interval.is_some() {
-                    tokio::time::sleep_until(next.into()).await;
-                }
-                let scheduled = if interval.is_some() {
-                    next
-                } else {
-                    Instant::now()
-                };
-                let room = &rooms[(w + n * workers) % rooms.len()];
-                let post = Pb::PostMessage(pb::PostMessage {
-                    message_id: String::new(),
-                    body: format!("message {n} from worker {w}"),
-                });
-                let request = ExecuteRequest {
-                    meta: meta(format!("{run_id}-{w}-{n}")),
-                    room_id: room.clone(),
-                    command: Some(post),
-                };
-                match c.execute(request).await {
-                    Ok(_) => hist
-                        .record(scheduled.elapsed().as_micros() as u64)
-                        .expect("in range"),
-                    Err(s) => {
-                        *errors
-                            .lock()
-                            .await
-                            .entry(format!("{:?}", s.code()))
-                            .or_default() += 1
-                    }
-                }
-                n += 1;
-                next = match interval {
-                    Some(i) => next + i,
-                    None => Instant::now(),
-                };
-            }
-            hist
-        }));
-    }
-    let mut hist = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        hist.add(t.await?)?;
-    }
+    let latencies = Arc::new(Latencies::default());
+    load.run(
+        a.concurrency,
+        a.rate,
+        start + Duration::from_secs(a.seconds),
+        latencies.clone(),
+    )
+    .await?;
     let elapsed = start.elapsed().as_secs_f64();
+    let hist = latencies.total.lock();
     println!(
         "bench commands: {} rooms, {} in flight, {} connections, {mode}",
-        rooms.len(),
-        workers,
-        clients.len()
+        load.rooms.len(),
+        a.concurrency.max(1),
+        load.clients.len()
     );
     println!(
         "  durable commands: {} in {elapsed:.1}s = {:.0} commands/s",
@@ -234,11 +149,177 @@ async fn commands(a: CommandsArgs) -> anyhow::Result<()> {
         hist.len() as f64 / elapsed
     );
     print_latency(&hist);
-    let errors = errors.lock().await;
+    let errors = latencies.errors.lock();
     if !errors.is_empty() {
         println!("  errors: {errors:?}");
     }
     Ok(())
+}
+
+type PostClient = kiroku_proto::v1::command_service_client::CommandServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        super::client::Credentials,
+    >,
+>;
+
+/// Room posts over gRPC: the load of `bench commands` and `bench soak`.
+pub(super) struct PostLoad {
+    clients: Vec<PostClient>,
+    rooms: Arc<Vec<String>>,
+    run_id: String,
+}
+
+/// Latencies (µs, from the scheduled send) of a run, and of the current window of it.
+#[derive(Default)]
+pub(super) struct Latencies {
+    pub total: parking_lot::Mutex<HdrHistogram>,
+    pub window: parking_lot::Mutex<HdrHistogram>,
+    pub errors: parking_lot::Mutex<BTreeMap<String, u64>>,
+}
+
+/// A histogram with 3 significant digits.
+pub(super) struct HdrHistogram(Histogram<u64>);
+
+impl Default for HdrHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(3).expect("valid histogram"))
+    }
+}
+
+impl std::ops::Deref for HdrHistogram {
+    type Target = Histogram<u64>;
+    fn deref(&self) -> &Histogram<u64> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HdrHistogram {
+    fn deref_mut(&mut self) -> &mut Histogram<u64> {
+        &mut self.0
+    }
+}
+
+impl Latencies {
+    fn record(&self, micros: u64) {
+        self.total.lock().saturating_record(micros);
+        self.window.lock().saturating_record(micros);
+    }
+
+    /// The window so far, and a fresh one started.
+    pub fn take_window(&self) -> HdrHistogram {
+        std::mem::take(&mut *self.window.lock())
+    }
+}
+
+impl PostLoad {
+    /// Connects `connections` HTTP/2 connections to `target` and creates `rooms` rooms.
+    pub async fn connect(
+        target: &str,
+        connections: usize,
+        rooms: usize,
+        client_args: &ClientArgs,
+    ) -> anyhow::Result<Self> {
+        let mut clients = Vec::new();
+        for _ in 0..connections.max(1) {
+            let channel = tonic::transport::Channel::from_shared(target.to_owned())?
+                .connect()
+                .await?;
+            clients.push(
+                kiroku_proto::v1::command_service_client::CommandServiceClient::with_interceptor(
+                    channel,
+                    client_args.credentials()?,
+                ),
+            );
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let rooms: Vec<String> = (0..rooms).map(|i| format!("bench-{run_id}-{i}")).collect();
+        eprintln!("creating {} rooms on {target} ...", rooms.len());
+        futures::future::try_join_all(rooms.chunks(256).enumerate().map(|(n, chunk)| {
+            let mut c = clients[n % clients.len()].clone();
+            async move {
+                for room in chunk {
+                    let create = Pb::CreateRoom(pb::CreateRoom { name: room.clone() });
+                    c.execute(ExecuteRequest {
+                        meta: None,
+                        room_id: room.clone(),
+                        command: Some(create),
+                    })
+                    .await?;
+                }
+                Ok::<_, tonic::Status>(())
+            }
+        }))
+        .await?;
+        Ok(Self {
+            clients,
+            rooms: Arc::new(rooms),
+            run_id,
+        })
+    }
+
+    /// Posts until `end` from `workers` tasks: paced at `rate` commands/s (latency from the
+    /// scheduled send time), or closed loop without a rate.
+    pub async fn run(
+        &self,
+        workers: usize,
+        rate: Option<u64>,
+        end: Instant,
+        latencies: Arc<Latencies>,
+    ) -> anyhow::Result<()> {
+        let workers = workers.max(1);
+        let interval = rate.map(|r| Duration::from_secs_f64(workers as f64 / r.max(1) as f64));
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let mut c = self.clients[w % self.clients.len()].clone();
+            let (rooms, latencies) = (self.rooms.clone(), latencies.clone());
+            let run_id = self.run_id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut next = Instant::now()
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / workers as f64));
+                let mut n = 0usize;
+                while next < end {
+                    if interval.is_some() {
+                        tokio::time::sleep_until(next.into()).await;
+                    }
+                    let scheduled = if interval.is_some() {
+                        next
+                    } else {
+                        Instant::now()
+                    };
+                    let room = &rooms[(w + n * workers) % rooms.len()];
+                    let post = Pb::PostMessage(pb::PostMessage {
+                        message_id: String::new(),
+                        body: format!("message {n} from worker {w}"),
+                    });
+                    let request = ExecuteRequest {
+                        meta: meta(format!("{run_id}-{w}-{n}")),
+                        room_id: room.clone(),
+                        command: Some(post),
+                    };
+                    match c.execute(request).await {
+                        Ok(_) => latencies.record(scheduled.elapsed().as_micros() as u64),
+                        Err(s) => {
+                            *latencies
+                                .errors
+                                .lock()
+                                .entry(format!("{:?}", s.code()))
+                                .or_default() += 1
+                        }
+                    }
+                    n += 1;
+                    next = match interval {
+                        Some(i) => next + i,
+                        None => Instant::now(),
+                    };
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn print_latency(hist: &Histogram<u64>) {

@@ -16,7 +16,7 @@ use kiroku_write_api::runtime::{AggregateRuntime, CommandMeta, RuntimeConfig};
 
 use super::bench::print_latency;
 use super::read::{ReadSide, UpdaterArgs, open_read_store};
-use crate::journal_url::Opened;
+use crate::journal_url::{Opened, SqliteArgs};
 
 #[derive(Args, Debug)]
 pub struct RebuildBenchArgs {
@@ -135,7 +135,7 @@ pub async fn rebuild_rate(a: RebuildBenchArgs) -> anyhow::Result<()> {
         ));
     }
     for (name, url, cleanup) in targets {
-        let store = open_read_store(&url).await?;
+        let store = open_read_store(&url, &SqliteArgs::default()).await?;
         let done = rebuild::rebuild(
             store.clone(),
             port.clone(),
@@ -303,6 +303,7 @@ pub(super) async fn embedded_read_side(
     let opened = Opened::Sqlite(journal);
     let store: Arc<dyn ReadStore> = open_read_store(
         &read_store.unwrap_or_else(|| format!("sqlite://{}", dir.join("views.db").display())),
+        &SqliteArgs::default(),
     )
     .await?;
     let side = ReadSide::start(

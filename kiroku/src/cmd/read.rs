@@ -12,7 +12,8 @@ use kiroku_journal::StreamId;
 use kiroku_read_api::{Caps, Head, ReadApi, ReadLimits, ReadQueries};
 use kiroku_read_model_updater::{
     Changed, Consistency, ConsistencyWaiter, JournalFeed, PROJECTIONS, Progress, ROOMS, ReadStore,
-    RoomsProjection, Updater, UpdaterConfig, UpdaterHealth, dead_letters, open_store, rebuild,
+    RoomsProjection, Updater, UpdaterConfig, UpdaterHealth, dead_letters,
+    open_store_with_wal_ceiling, rebuild,
 };
 use kiroku_write_api::grpc::{AuthConfigError, ProjectionWait};
 use tokio::net::TcpListener;
@@ -20,7 +21,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::serve::{AuthArgs, init_tracing, shutdown_signal};
-use crate::journal_url::{JournalUrl, Opened};
+use crate::journal_url::{JournalUrl, Opened, SqliteArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpdaterArgs {
@@ -161,8 +162,9 @@ impl ProjectionWait for Projected {
     }
 }
 
-pub async fn open_read_store(url: &str) -> anyhow::Result<Arc<dyn ReadStore>> {
-    open_store(url)
+/// Opens a read store; a SQLite one keeps its WAL under the ceiling of `sqlite`.
+pub async fn open_read_store(url: &str, sqlite: &SqliteArgs) -> anyhow::Result<Arc<dyn ReadStore>> {
+    open_store_with_wal_ceiling(url, sqlite.wal_ceiling())
         .await
         .with_context(|| format!("opening the read store {url}"))
 }
@@ -170,7 +172,7 @@ pub async fn open_read_store(url: &str) -> anyhow::Result<Arc<dyn ReadStore>> {
 /// Opens a journal for reading its global order (the read side never creates tables).
 async fn open_feed_journal(url: &str) -> anyhow::Result<Opened> {
     let journal = JournalUrl::parse(url)?;
-    let opened = journal.open(false).await?;
+    let opened = journal.open(false, &SqliteArgs::default()).await?;
     if !opened.port().has_global_order() {
         bail!(
             "the journal {journal} has no global order to tail; the read side follows a DynamoDB \
@@ -190,13 +192,15 @@ pub struct StandaloneUpdaterArgs {
     read_store: String,
     #[command(flatten)]
     updater: UpdaterArgs,
+    #[command(flatten)]
+    sqlite: SqliteArgs,
 }
 
 /// `kiroku read-model-updater`: the updater alone.
 pub async fn read_model_updater(args: StandaloneUpdaterArgs) -> anyhow::Result<()> {
     init_tracing();
     let journal = open_feed_journal(&args.journal).await?;
-    let store = open_read_store(&args.read_store).await?;
+    let store = open_read_store(&args.read_store, &args.sqlite).await?;
     let side = ReadSide::start(&journal, false, store, &args.updater);
     println!(
         "kiroku read-model-updater: projecting {} into {}",
@@ -240,7 +244,7 @@ pub async fn rebuild_projection(args: RebuildArgs) -> anyhow::Result<()> {
         );
     }
     let journal = open_feed_journal(&args.journal).await?;
-    let store = open_read_store(&args.read_store).await?;
+    let store = open_read_store(&args.read_store, &SqliteArgs::default()).await?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}")?
             .progress_chars("=> "),
@@ -298,7 +302,7 @@ enum DeadLetterCommand {
 
 /// `kiroku dead-letters …`.
 pub async fn dead_letters(args: DeadLetterArgs) -> anyhow::Result<()> {
-    let store = open_read_store(&args.read_store).await?;
+    let store = open_read_store(&args.read_store, &SqliteArgs::default()).await?;
     let projection = RoomsProjection;
     match args.command {
         DeadLetterCommand::List { limit } => {
@@ -366,7 +370,7 @@ pub struct ReadApiArgs {
 pub async fn read_api(args: ReadApiArgs) -> anyhow::Result<()> {
     init_tracing();
     let auth = args.auth.auth()?.ok_or(AuthConfigError::Missing)?;
-    let store = open_read_store(&args.read_store).await?;
+    let store = open_read_store(&args.read_store, &SqliteArgs::default()).await?;
     let head = match &args.journal {
         Some(url) => Head::Journal(open_feed_journal(url).await?.port()),
         None => Head::Unknown,

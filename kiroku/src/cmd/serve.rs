@@ -12,7 +12,7 @@ use kiroku_write_api::runtime::{AggregateRuntime, RuntimeConfig};
 use tokio::net::TcpListener;
 
 use super::read::{ReadLimitArgs, ReadSide, UpdaterArgs, open_read_store};
-use crate::journal_url::JournalUrl;
+use crate::journal_url::{JournalUrl, SqliteArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
@@ -93,6 +93,8 @@ pub struct DevArgs {
     #[command(flatten)]
     updater: UpdaterArgs,
     #[command(flatten)]
+    sqlite: SqliteArgs,
+    #[command(flatten)]
     read_limits: ReadLimitArgs,
 }
 
@@ -112,6 +114,8 @@ pub struct WriteApiArgs {
     auth: AuthArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(flatten)]
+    sqlite: SqliteArgs,
 }
 
 pub fn init_tracing() {
@@ -143,20 +147,35 @@ struct DevReadSide {
     limits: ReadLimitArgs,
 }
 
-async fn serve(
+/// What one serving process runs (`dev` or `write-api`).
+struct Serve {
+    what: &'static str,
     journal: JournalUrl,
+    /// Create the journal's tables if missing (`dev`).
     create_tables: bool,
+    sqlite: SqliteArgs,
     listen: SocketAddr,
     auth: Auth,
     runtime: RuntimeConfig,
-    what: &str,
     read: Option<DevReadSide>,
-) -> anyhow::Result<()> {
-    let opened = journal.open(create_tables).await?;
+}
+
+async fn serve(config: Serve) -> anyhow::Result<()> {
+    let Serve {
+        what,
+        journal,
+        create_tables,
+        sqlite,
+        listen,
+        auth,
+        runtime,
+        read,
+    } = config;
+    let opened = journal.open(create_tables, &sqlite).await?;
     let journal_port = opened.port();
     let read_side = match read {
         Some(read) if journal_port.has_global_order() => {
-            let store = open_read_store(&read.store).await?;
+            let store = open_read_store(&read.store, &sqlite).await?;
             println!("kiroku {what}: read model {}", read.store);
             let side = ReadSide::start(&opened, true, store, &read.updater);
             let api = ReadApi::new(
@@ -230,6 +249,7 @@ async fn serve(
         http.await.context("the HTTP server panicked")??;
         side.stop().await?;
     }
+    opened.close().await;
     println!("kiroku {what}: stopped");
     Ok(())
 }
@@ -262,15 +282,16 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         http: args.http_listen,
         limits: args.read_limits.clone(),
     };
-    serve(
+    serve(Serve {
+        what: "dev",
         journal,
-        true,
-        args.listen,
+        create_tables: true,
+        sqlite: args.sqlite,
+        listen: args.listen,
         auth,
-        args.runtime.config(),
-        "dev",
-        Some(read),
-    )
+        runtime: args.runtime.config(),
+        read: Some(read),
+    })
     .await
 }
 
@@ -281,15 +302,16 @@ pub async fn write_api(args: WriteApiArgs) -> anyhow::Result<()> {
         .auth()?
         .ok_or(kiroku_write_api::grpc::AuthConfigError::Missing)?;
     let journal = JournalUrl::parse(&args.journal)?;
-    serve(
+    serve(Serve {
+        what: "write-api",
         journal,
-        false,
-        args.listen,
+        create_tables: false,
+        sqlite: args.sqlite,
+        listen: args.listen,
         auth,
-        args.runtime.config(),
-        "write-api",
-        None,
-    )
+        runtime: args.runtime.config(),
+        read: None,
+    })
     .await
 }
 
@@ -312,7 +334,7 @@ pub async fn journal(args: JournalArgs) -> anyhow::Result<()> {
     match args.command {
         JournalCommand::Init { journal } => {
             let url = JournalUrl::parse(&journal)?;
-            url.open(true).await?;
+            url.open(true, &SqliteArgs::default()).await?;
             println!("journal {url} is ready");
             Ok(())
         }

@@ -289,6 +289,14 @@ pub trait ReadStore: Send + Sync + 'static {
 
 /// Opens a read store by URL: `sqlite:///path/views.db` (or a bare path) or `postgres://…`.
 pub async fn open_store(url: &str) -> Result<std::sync::Arc<dyn ReadStore>, StoreError> {
+    open_store_with_wal_ceiling(url, kiroku_journal::wal::DEFAULT_WAL_CEILING).await
+}
+
+/// [`open_store`], with a SQLite store's WAL kept under `wal_ceiling` bytes (0: unbounded).
+pub async fn open_store_with_wal_ceiling(
+    url: &str,
+    wal_ceiling: u64,
+) -> Result<std::sync::Arc<dyn ReadStore>, StoreError> {
     let store: std::sync::Arc<dyn ReadStore> =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             std::sync::Arc::new(PostgresReadStore::connect(url).await?)
@@ -299,7 +307,7 @@ pub async fn open_store(url: &str) -> Result<std::sync::Arc<dyn ReadStore>, Stor
                     "{url:?} names no file: use sqlite:///path/to/views.db or postgres://…"
                 )));
             }
-            std::sync::Arc::new(SqliteReadStore::open(path)?)
+            std::sync::Arc::new(SqliteReadStore::open_with_wal_ceiling(path, wal_ceiling)?)
         };
     store.migrate().await?;
     Ok(store)

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use kiroku_journal::wal::{self, WalCeiling};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -25,6 +26,8 @@ pub struct SqliteReadStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Checked after every write transaction; the WAL is truncated when the last clone is dropped.
+    wal: WalCeiling,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -60,6 +63,14 @@ impl SqliteReadStore {
     /// Opens (creating if needed) the read store at `path`. Call [`ReadStore::migrate`] before
     /// use ([`crate::open_store`] does).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_wal_ceiling(path, wal::DEFAULT_WAL_CEILING)
+    }
+
+    /// [`SqliteReadStore::open`] with another WAL ceiling in bytes (0: unbounded).
+    pub fn open_with_wal_ceiling(
+        path: impl AsRef<Path>,
+        wal_ceiling: u64,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -67,10 +78,13 @@ impl SqliteReadStore {
             })?;
         }
         let writer = connect(&path)?;
+        let wal = WalCeiling::new(&path, wal_ceiling);
+        wal.configure(&writer).map_err(error)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
+                wal,
                 readers: Mutex::default(),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             }),
@@ -79,6 +93,18 @@ impl SqliteReadStore {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone (a clean shutdown): leave the whole store in the database file.
+    fn drop(&mut self) {
+        self.readers.get_mut().clear();
+        match wal::truncate(self.writer.get_mut()) {
+            Ok(wal::Checkpointed::Truncated) => {}
+            Ok(outcome) => tracing::warn!(?outcome, "read store wal not truncated"),
+            Err(e) => tracing::warn!(error = %e, "read store wal not truncated"),
+        }
     }
 }
 
@@ -92,7 +118,12 @@ impl Runner for SqliteReadStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock();
-            transaction(&mut conn, "BEGIN IMMEDIATE", f)
+            let result = transaction(&mut conn, "BEGIN IMMEDIATE", f);
+            // Outside the transaction, before the next writer: keep the WAL bounded.
+            if let Err(e) = inner.wal.after_commit(&conn) {
+                tracing::warn!(error = %e, "read store wal checkpoint failed; trying again after the next commit");
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::Storage(format!("write task failed: {e}")))?
@@ -229,4 +260,45 @@ mod tests {
     }
 
     crate::read_store_suite!(fresh().await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_under_its_ceiling_under_steady_commits_and_is_empty_once_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.db");
+        let ceiling = 1024 * 1024;
+        let store = SqliteReadStore::open_with_wal_ceiling(&path, ceiling).unwrap();
+        let wal = WalCeiling::new(&path, ceiling);
+        store
+            .write(|sql: &mut dyn Sql| -> BoxFuture<'_, _> {
+                Box::pin(async move {
+                    sql.batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+                        .await
+                })
+            })
+            .await
+            .unwrap();
+        let mut largest = 0;
+        for _ in 0..400 {
+            store
+                .write(|sql: &mut dyn Sql| -> BoxFuture<'_, _> {
+                    Box::pin(async move {
+                        sql.exec("INSERT INTO t (v) VALUES (zeroblob(8000))", &[])
+                            .await
+                    })
+                })
+                .await
+                .unwrap();
+            let reader = store.read(|sql: &mut dyn Sql| -> BoxFuture<'_, _> {
+                Box::pin(async move { sql.query("SELECT count(*) FROM t", &[]).await })
+            });
+            reader.await.unwrap();
+            largest = largest.max(wal.wal_size());
+        }
+        assert!(
+            largest <= ceiling,
+            "the WAL reached {largest} bytes, over {ceiling}"
+        );
+        drop(store);
+        assert_eq!(wal.wal_size(), 0, "closing the store leaves an empty WAL");
+    }
 }

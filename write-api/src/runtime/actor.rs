@@ -142,7 +142,10 @@ impl<A: Aggregate> AggregateActor<A> {
                 Ok(decided) => return decided,
                 Err(Stale) => {
                     *slot = None;
-                    tracing::debug!(attempt, "the journal was ahead of the memory; deciding again");
+                    tracing::debug!(
+                        attempt,
+                        "the journal was ahead of the memory; deciding again"
+                    );
                 }
             }
         }
@@ -273,7 +276,11 @@ impl<A: Aggregate> AggregateActor<A> {
             },
             recorded_at_ms: now_ms(),
         };
-        let stored = match self.journal().record_rejection(record.clone(), version).await {
+        let stored = match self
+            .journal()
+            .record_rejection(record.clone(), version)
+            .await
+        {
             Ok(stored) => stored,
             Err(JournalError::Conflict { actual, .. }) => {
                 tracing::info!(

@@ -590,7 +590,11 @@ async fn two_writers(f: &Fixture) -> (AggregateRuntime<Counter>, AggregateRuntim
     let fresh = f.runtime(RuntimeConfig::default());
     let stale = f.runtime(RuntimeConfig::default());
     fresh.execute("a", Cmd::Add(1), meta("1")).await.unwrap();
-    assert_eq!(stale.inspect("a").await.unwrap().1, 1, "stale holds version 1");
+    assert_eq!(
+        stale.inspect("a").await.unwrap().1,
+        1,
+        "stale holds version 1"
+    );
     fresh.execute("a", Cmd::Add(5), meta("2")).await.unwrap();
     (fresh, stale)
 }
@@ -600,9 +604,17 @@ async fn a_rejection_from_stale_memory_is_decided_again_and_never_stored() {
     let f = Fixture::new();
     let (_fresh, stale) = two_writers(&f).await;
     // On its memory (value 1) `stale` would refuse; the journal says 6.
-    let taken = stale.execute("a", Cmd::Take(4), meta("take")).await.unwrap();
+    let taken = stale
+        .execute("a", Cmd::Take(4), meta("take"))
+        .await
+        .unwrap();
     assert_eq!((taken.version, taken.duplicate), (3, false));
-    let record = f.journal.command_record("ann", "take").await.unwrap().unwrap();
+    let record = f
+        .journal
+        .command_record("ann", "take")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         matches!(record.outcome, CommandOutcome::Succeeded { version: 3, .. }),
         "{record:?}"
@@ -611,7 +623,13 @@ async fn a_rejection_from_stale_memory_is_decided_again_and_never_stored() {
     let refused = stale.execute("a", Cmd::Take(100), meta("too-much")).await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::FailedPrecondition);
     let again = stale.execute("a", Cmd::Take(1), meta("too-much")).await;
-    assert!(matches!(again, Err(CommandError::Rejected { duplicate: true, .. })));
+    assert!(matches!(
+        again,
+        Err(CommandError::Rejected {
+            duplicate: true,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
@@ -627,7 +645,13 @@ async fn an_expected_version_is_compared_with_the_journal_not_with_stale_memory(
     let mut m = meta("exp-1");
     m.expected_version = Some(1);
     let err = stale.execute("a", Cmd::Add(1), m).await.unwrap_err();
-    assert_eq!(err, CommandError::Conflict { expected: 1, actual: 4 });
+    assert_eq!(
+        err,
+        CommandError::Conflict {
+            expected: 1,
+            actual: 4
+        }
+    );
 }
 
 #[tokio::test]
@@ -635,8 +659,20 @@ async fn a_command_without_expected_version_meeting_a_newer_journal_is_decided_a
     let f = Fixture::new();
     let (_fresh, stale) = two_writers(&f).await;
     let executed = stale.execute("a", Cmd::Add(1), meta("3")).await.unwrap();
-    assert_eq!(executed.version, 3, "appended after the other writer's events");
-    assert_eq!(replayed(&stale, "a").await, (Counter { value: 7, events: 3 }, 3));
+    assert_eq!(
+        executed.version, 3,
+        "appended after the other writer's events"
+    );
+    assert_eq!(
+        replayed(&stale, "a").await,
+        (
+            Counter {
+                value: 7,
+                events: 3
+            },
+            3
+        )
+    );
 }
 
 #[tokio::test]
@@ -647,7 +683,9 @@ async fn a_panicking_apply_while_loading_answers_internal_and_leaks_no_admission
         ..Default::default()
     });
     // Stored fine; `apply` panics on it after the append (memory dropped), and on every load.
-    rt.execute("bad", Cmd::Add(APPLY_PANICS), meta("poison")).await.unwrap();
+    rt.execute("bad", Cmd::Add(APPLY_PANICS), meta("poison"))
+        .await
+        .unwrap();
     for n in 0..6 {
         let err = rt
             .execute("bad", Cmd::Add(1), meta(&format!("after-{n}")))
