@@ -2,8 +2,8 @@
 //! past version or moment.
 
 use kiroku_chat::Room;
-use kiroku_core::{Aggregate, BincodeSnapshotCodec, SnapshotCodec};
-use kiroku_journal::{Envelope, Journal, StreamId};
+use kiroku_core::Aggregate;
+use kiroku_journal::Envelope;
 use kiroku_proto::v1::history_service_server::HistoryService;
 use kiroku_proto::v1::{
     HistoryEntry, HistoryRequest, HistoryResponse, StateAtRequest, StateAtResponse,
@@ -12,7 +12,7 @@ use kiroku_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::status::{from_command_error, internal, journal};
-use crate::runtime::{AggregateRuntime, CommandError};
+use crate::runtime::AggregateRuntime;
 use kiroku_proto::auth::identity;
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -141,18 +141,11 @@ impl HistoryService for HistoryApi {
             At::Version(v) => (v, None),
             At::TimestampMs(t) => (u64::MAX, Some(t)),
         };
-        let state_at = match at_ms {
-            None => {
-                self.rooms
-                    .state_at(&r.aggregate_id, max_version, None)
-                    .await
-            }
-            Some(at) => {
-                let stream = AggregateRuntime::<Room>::stream(&r.aggregate_id);
-                state_at_moment::<Room>(self.rooms.journal().as_ref(), &stream, at).await
-            }
-        };
-        let (state, version) = state_at.map_err(|e| from_command_error(&e))?;
+        let (state, version) = self
+            .rooms
+            .state_at(&r.aggregate_id, max_version, at_ms)
+            .await
+            .map_err(|e| from_command_error(&e))?;
         if version == 0 {
             return Err(Status::not_found(format!(
                 "{} had no events at or before that moment",
@@ -164,65 +157,5 @@ impl HistoryService for HistoryApi {
             version,
             state_json,
         }))
-    }
-}
-
-/// The aggregate as it was at `at_ms`: its history up to the first event stamped after that
-/// moment. Starts from the newest snapshot taken at or before the moment — a snapshot stamped
-/// `<= at_ms` covers only events at or before it — so only the events after that snapshot are
-/// read; without one, from the first event.
-async fn state_at_moment<A: Aggregate>(
-    journal: &dyn Journal,
-    stream: &StreamId,
-    at_ms: i64,
-) -> Result<(A, u64), CommandError> {
-    let codec = BincodeSnapshotCodec::default();
-    // Snapshots newest first (the journal may keep one or several), until one is old enough.
-    let mut below = u64::MAX;
-    let (mut state, mut version) = loop {
-        let Some(snapshot) = journal.latest_snapshot(stream, below).await? else {
-            break (A::default(), 0);
-        };
-        if snapshot.timestamp_ms <= at_ms {
-            match codec.decode::<A>(&snapshot.state) {
-                Ok(state) => break (state, snapshot.sequence),
-                Err(e) => tracing::warn!(
-                    stream = %stream,
-                    sequence = snapshot.sequence,
-                    error = %e,
-                    "snapshot ignored for time travel, trying an older one"
-                ),
-            }
-        }
-        match snapshot.sequence.checked_sub(1) {
-            Some(older) if older > 0 => below = older,
-            _ => break (A::default(), 0),
-        }
-    };
-    // Then the later events, while they are stamped at or before the moment.
-    const PAGE: usize = 1000;
-    loop {
-        let page = journal
-            .read_stream(stream, version + 1, u64::MAX, PAGE)
-            .await?;
-        let full = page.len() == PAGE;
-        for envelope in &page {
-            if envelope.metadata.timestamp_ms > at_ms {
-                return Ok((state, version));
-            }
-            let event = A::decode(
-                &envelope.event_type,
-                envelope.schema_version,
-                &envelope.payload,
-            )
-            .map_err(|e| {
-                CommandError::Internal(format!("stored event {stream}#{}: {e}", envelope.sequence))
-            })?;
-            state.apply(&event);
-            version = envelope.sequence;
-        }
-        if !full {
-            return Ok((state, version));
-        }
     }
 }

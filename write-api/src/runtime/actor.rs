@@ -35,9 +35,28 @@ pub(super) struct AggregateActor<A: Aggregate> {
 
 /// The aggregate as of `version`; `None` until loaded, and again after anything that leaves the
 /// memory possibly out of step with the journal (a conflict, an unknown write outcome, a panic).
-pub(super) struct Loaded<A> {
-    state: A,
-    version: u64,
+pub(crate) struct Loaded<A> {
+    pub state: A,
+    pub version: u64,
+    /// Timestamp of the newest event folded (or of the snapshot loaded): the aggregate's events
+    /// are stamped no earlier than this, so their timestamps never go back in sequence order, even
+    /// across writers whose clocks differ. Time travel relies on it.
+    pub last_ms: i64,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn empty() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+            last_ms: i64::MIN,
+        }
+    }
+
+    /// A timestamp for something that happens to the aggregate now: never before its last event.
+    fn now_ms(&self) -> i64 {
+        now_ms().max(self.last_ms)
+    }
 }
 
 impl<A: Aggregate> Actor for AggregateActor<A> {
@@ -121,8 +140,7 @@ impl<A: Aggregate> AggregateActor<A> {
         loaded: &'a mut Option<Loaded<A>>,
     ) -> Result<&'a mut Loaded<A>, CommandError> {
         if loaded.is_none() {
-            let (state, version) = load::<A>(&self.shared, &self.stream, u64::MAX).await?;
-            *loaded = Some(Loaded { state, version });
+            *loaded = Some(load::<A>(&self.shared, &self.stream, u64::MAX).await?);
         }
         Ok(loaded.as_mut().expect("loaded above"))
     }
@@ -211,9 +229,10 @@ impl<A: Aggregate> AggregateActor<A> {
                 correlation_id: meta.correlation_id.clone(),
                 causation_id: meta.causation_id.clone(),
                 principal: meta.caller.principal.clone(),
-                timestamp_ms: now_ms(),
+                timestamp_ms: current.now_ms(),
             },
         };
+        let stamped = request.metadata.timestamp_ms;
         let outcome = match self.journal().append(request).await {
             Ok(outcome) => outcome,
             // Another writer moved the stream: decide again on its newer state. Where the client
@@ -249,6 +268,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 } else {
                     let before = current.version;
                     current.version = executed.version;
+                    current.last_ms = current.last_ms.max(stamped);
                     self.maybe_snapshot(current, before).await;
                 }
                 Ok(executed)
@@ -307,7 +327,8 @@ impl<A: Aggregate> AggregateActor<A> {
         let snapshot = SnapshotRecord {
             stream: self.stream.clone(),
             sequence: current.version,
-            timestamp_ms: now_ms(),
+            // Never before the events it holds: time travel uses it only for moments after all.
+            timestamp_ms: current.now_ms(),
             state: self.shared.codec.encode(&current.state),
         };
         // A snapshot is a cache: failing to write one costs a longer replay later, nothing more.
@@ -323,45 +344,73 @@ pub(crate) async fn load<A: Aggregate>(
     shared: &Shared<A>,
     stream: &StreamId,
     max_version: u64,
-) -> Result<(A, u64), CommandError> {
+) -> Result<Loaded<A>, CommandError> {
     let journal = shared.journal.as_ref();
     let snapshot = journal.latest_snapshot(stream, max_version).await?;
-    let (mut state, mut version) = match snapshot {
+    let mut loaded = match snapshot {
         Some(s) => match shared.codec.decode::<A>(&s.state) {
-            Ok(state) => (state, s.sequence),
+            Ok(state) => Loaded {
+                state,
+                version: s.sequence,
+                last_ms: s.timestamp_ms,
+            },
             Err(e) => {
                 tracing::warn!(stream = %stream, sequence = s.sequence, error = %e, "snapshot ignored, replaying events");
-                (A::default(), 0)
+                Loaded::empty()
             }
         },
-        None => (A::default(), 0),
+        None => Loaded::empty(),
     };
-    fold(
-        journal,
-        stream,
-        &mut state,
-        &mut version,
-        max_version,
-        |_| true,
-    )
-    .await?;
+    fold(journal, stream, &mut loaded, max_version, |_| true).await?;
     shared.loads.fetch_add(1, Ordering::Relaxed);
-    Ok((state, version))
+    Ok(loaded)
+}
+
+/// The newest decodable snapshot stamped at or before `at_ms`, walking the kept snapshots
+/// downwards; the empty aggregate when none is old enough. A snapshot is stamped no earlier than
+/// any event it holds (`Loaded::now_ms`), so it holds only events of that moment or earlier and
+/// time travel then reads only the tail.
+pub(crate) async fn snapshot_taken_by<A: Aggregate>(
+    shared: &Shared<A>,
+    stream: &StreamId,
+    at_ms: i64,
+) -> Result<Loaded<A>, CommandError> {
+    let mut below = u64::MAX;
+    while let Some(snapshot) = shared.journal.latest_snapshot(stream, below).await? {
+        if snapshot.timestamp_ms <= at_ms {
+            match shared.codec.decode::<A>(&snapshot.state) {
+                Ok(state) => {
+                    return Ok(Loaded {
+                        state,
+                        version: snapshot.sequence,
+                        last_ms: snapshot.timestamp_ms,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, sequence = snapshot.sequence, error = %e, "snapshot ignored, trying an older one")
+                }
+            }
+        }
+        match snapshot.sequence.checked_sub(1) {
+            Some(older) if older > 0 => below = older,
+            _ => break,
+        }
+    }
+    Ok(Loaded::empty())
 }
 
 /// Applies the events after `version` up to `max_version` while `keep` accepts them.
 pub(crate) async fn fold<A: Aggregate>(
     journal: &dyn Journal,
     stream: &StreamId,
-    state: &mut A,
-    version: &mut u64,
+    loaded: &mut Loaded<A>,
     max_version: u64,
     keep: impl Fn(&kiroku_journal::Envelope) -> bool,
 ) -> Result<(), CommandError> {
     const PAGE: usize = 1000;
     loop {
         let page = journal
-            .read_stream(stream, *version + 1, max_version, PAGE)
+            .read_stream(stream, loaded.version + 1, max_version, PAGE)
             .await?;
         let full = page.len() == PAGE;
         for envelope in &page {
@@ -381,14 +430,15 @@ pub(crate) async fn fold<A: Aggregate>(
             })?;
             // A panicking `apply` is a bug in the domain: this load fails (INTERNAL), the actor
             // lives on and loads again for the next command.
-            std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event))).map_err(|_| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| loaded.state.apply(&event))).map_err(|_| {
                 tracing::error!(stream = %stream, sequence = envelope.sequence, "apply panicked while loading");
                 CommandError::Internal(format!(
                     "stored event {}#{} could not be applied",
                     stream, envelope.sequence
                 ))
             })?;
-            *version = envelope.sequence;
+            loaded.version = envelope.sequence;
+            loaded.last_ms = loaded.last_ms.max(envelope.metadata.timestamp_ms);
         }
         if !full {
             return Ok(());

@@ -227,22 +227,19 @@ impl<A: Aggregate> AggregateRuntime<A> {
         at_ms: Option<i64>,
     ) -> Result<(A, u64), CommandError> {
         let stream = Self::stream(aggregate_id);
-        match at_ms {
-            None => actor::load::<A>(&self.shared, &stream, max_version).await,
+        let loaded = match at_ms {
+            None => actor::load::<A>(&self.shared, &stream, max_version).await?,
             Some(at) => {
-                let (mut state, mut version) = (A::default(), 0);
-                actor::fold(
-                    self.shared.journal.as_ref(),
-                    &stream,
-                    &mut state,
-                    &mut version,
-                    max_version,
-                    |e| e.metadata.timestamp_ms <= at,
-                )
+                let mut loaded = actor::snapshot_taken_by::<A>(&self.shared, &stream, at).await?;
+                let journal = self.shared.journal.as_ref();
+                actor::fold(journal, &stream, &mut loaded, max_version, |e| {
+                    e.metadata.timestamp_ms <= at
+                })
                 .await?;
-                Ok((state, version))
+                loaded
             }
-        }
+        };
+        Ok((loaded.state, loaded.version))
     }
 
     async fn enqueue<T>(

@@ -700,3 +700,57 @@ async fn a_panicking_apply_while_loading_answers_internal_and_leaks_no_admission
             .unwrap();
     }
 }
+
+/// A writer whose clock runs a minute ahead stamps event 1; this process, with the right clock,
+/// appends events 2 and 3 and snapshots. Stamps never go back in an aggregate's history, so the
+/// snapshot is not mistaken for the state at a moment between the two clocks: time travel from
+/// the snapshot equals the replay from the first event.
+#[tokio::test]
+async fn event_stamps_never_go_back_so_time_travel_from_a_snapshot_equals_a_replay() {
+    let f = Fixture::new();
+    let ahead = now_ms() + 60_000;
+    let mut first = kiroku_journal::conformance::request(&StreamId::new("counter", "a"), 0, 1, "x");
+    let encoded = Counter::encode(&1);
+    first.events[0] = NewEvent {
+        event_type: encoded.event_type,
+        schema_version: encoded.schema_version,
+        payload: encoded.payload,
+    };
+    first.metadata.timestamp_ms = ahead;
+    f.journal.append(first).await.unwrap();
+    let rt = f.runtime(RuntimeConfig {
+        snapshot_every: 3,
+        ..Default::default()
+    });
+    rt.execute("a", Cmd::Add(1), meta("2")).await.unwrap();
+    rt.execute("a", Cmd::Add(1), meta("3")).await.unwrap();
+    let events = read_whole_stream(f.journal.as_ref(), &StreamId::new("counter", "a"), 1, 10)
+        .await
+        .unwrap();
+    let stamps: Vec<i64> = events.iter().map(|e| e.metadata.timestamp_ms).collect();
+    assert!(stamps.is_sorted(), "stamps went back: {stamps:?}");
+    let snapshot = f
+        .journal
+        .latest_snapshot(&StreamId::new("counter", "a"), u64::MAX)
+        .await
+        .unwrap()
+        .expect("a snapshot at 3");
+    assert!(snapshot.timestamp_ms >= ahead, "{snapshot:?}");
+    // Between the two clocks: nothing had happened yet, by the history's own order.
+    let between = rt
+        .state_at("a", u64::MAX, Some(ahead - 30_000))
+        .await
+        .unwrap();
+    assert_eq!(between, (Counter::default(), 0));
+    let after = rt.state_at("a", u64::MAX, Some(i64::MAX)).await.unwrap();
+    assert_eq!(
+        after,
+        (
+            Counter {
+                value: 3,
+                events: 3
+            },
+            3
+        )
+    );
+}
