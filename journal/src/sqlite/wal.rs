@@ -19,6 +19,9 @@ use rusqlite::Connection;
 /// The default ceiling of a WAL file: 64 MiB.
 pub const DEFAULT_WAL_CEILING: u64 = 64 * 1024 * 1024;
 
+/// How long a ceiling checkpoint waits for readers to leave the log before trying again later.
+const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How large one SQLite file's WAL may grow.
 #[derive(Debug, Clone)]
 pub struct WalCeiling {
@@ -72,7 +75,13 @@ impl WalCeiling {
             return Ok(Checkpointed::NotNeeded);
         }
         let started = std::time::Instant::now();
-        let outcome = truncate(conn)?;
+        // Waiting for a reader holds up the next group of writes: give up quickly and try again
+        // after the next commit rather than stall every writer behind a slow reader.
+        let busy_timeout: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        conn.busy_timeout(CHECKPOINT_BUSY_TIMEOUT)?;
+        let outcome = truncate(conn);
+        conn.busy_timeout(std::time::Duration::from_millis(busy_timeout.max(0) as u64))?;
+        let outcome = outcome?;
         tracing::debug!(
             wal = %self.wal.display(),
             ?outcome,
@@ -80,8 +89,8 @@ impl WalCeiling {
             took_us = started.elapsed().as_micros() as u64,
             "wal checkpoint"
         );
-        if outcome == Checkpointed::Busy {
-            tracing::warn!(wal = %self.wal.display(), wal_bytes = self.wal_size(), ceiling = self.bytes, "wal checkpoint could not finish: a reader holds the log; trying again after the next commit");
+        if outcome == Checkpointed::Busy && self.wal_size() > self.bytes {
+            tracing::warn!(wal = %self.wal.display(), wal_bytes = self.wal_size(), ceiling = self.bytes, "wal over its ceiling: a reader holds the log; trying again after the next commit");
         }
         Ok(outcome)
     }
@@ -149,6 +158,55 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 2_000, "checkpoints lose nothing");
+    }
+
+    /// A reader that holds its snapshot (a backup, a shell) keeps the log from being reset; the
+    /// writer must not stall behind it, only try again after each commit until it lets go.
+    #[test]
+    fn a_reader_holding_the_log_delays_the_truncation_but_never_stalls_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let ceiling = WalCeiling::new(&db, 64 * 1024);
+        let writer = writer(&db);
+        writer
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let reader = Connection::open(&db).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let mut slowest = std::time::Duration::ZERO;
+        for _ in 0..100 {
+            writer
+                .execute("INSERT INTO t (v) VALUES (zeroblob(2000))", [])
+                .unwrap();
+            let started = std::time::Instant::now();
+            let outcome = ceiling.after_commit(&writer).unwrap();
+            slowest = slowest.max(started.elapsed());
+            assert_ne!(
+                outcome,
+                Checkpointed::Truncated,
+                "the reader still holds the log"
+            );
+        }
+        assert!(
+            slowest < std::time::Duration::from_secs(1),
+            "a checkpoint held the writer for {slowest:?}"
+        );
+        let busy: i64 = writer
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 5000, "the writer's own busy timeout is restored");
+        reader.execute_batch("COMMIT").unwrap();
+        writer
+            .execute("INSERT INTO t (v) VALUES (zeroblob(2000))", [])
+            .unwrap();
+        assert_eq!(
+            ceiling.after_commit(&writer).unwrap(),
+            Checkpointed::Truncated
+        );
+        assert_eq!(ceiling.wal_size(), 0);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub(super) struct Writer {
     options: SqliteJournalOptions,
     committed: watch::Sender<u64>,
     wal: WalCeiling,
+    /// Whether this process has written anything (its WAL is then its to truncate at close).
+    wrote: bool,
 }
 
 impl Writer {
@@ -92,6 +94,7 @@ impl Writer {
             options,
             committed,
             wal,
+            wrote: false,
         };
         std::thread::Builder::new()
             .name("kiroku-journal-writer".into())
@@ -132,15 +135,21 @@ impl Writer {
                 tracing::warn!(error = %e, "journal wal checkpoint failed; trying again after the next commit");
             }
         }
-        self.truncate_wal();
+        // A process that only read (a standalone updater) leaves the WAL to the one that writes.
+        if self.wrote
+            && let Err(e) = self.truncate_wal()
+        {
+            tracing::warn!(error = %e, "journal wal not truncated at close");
+        }
         tracing::debug!("journal writer stopped");
     }
 
-    fn truncate_wal(&self) {
-        match wal::truncate(&self.conn) {
-            Ok(wal::Checkpointed::Truncated) => {}
-            Ok(outcome) => tracing::warn!(?outcome, "journal wal not truncated: a reader holds it"),
-            Err(e) => tracing::warn!(error = %e, "journal wal not truncated"),
+    fn truncate_wal(&self) -> Result<(), JournalError> {
+        match wal::truncate(&self.conn).map_err(storage)? {
+            wal::Checkpointed::Truncated => Ok(()),
+            outcome => Err(JournalError::Unavailable(format!(
+                "the journal's WAL was not truncated ({outcome:?}): a reader or another writer holds it"
+            ))),
         }
     }
 
@@ -200,15 +209,17 @@ impl Writer {
             // Ops never reached (the closure returned early) are answered with the same error.
             decided.extend(batch.drain(..).map(WriteOp::unreached));
             tracing::error!(error = %e, size, "journal group commit failed");
-        } else if let Some(p) = last_position {
-            self.committed.send_replace(p);
+        } else {
+            self.wrote |= size > usize::from(truncate_after.is_some());
+            if let Some(p) = last_position {
+                self.committed.send_replace(p);
+            }
         }
         for d in decided {
             d.send(&commit);
         }
         if let Some(to) = truncate_after {
-            self.truncate_wal();
-            let _ = to.send(Ok(()));
+            let _ = to.send(commit.and_then(|()| self.truncate_wal()));
         }
     }
 }
