@@ -97,7 +97,8 @@ async fn interleave(urls: [&str; 2], room: &str) -> u64 {
         assert_eq!(added.version, version + 1, "dense: {added:?}");
         version = added.version;
         // ... and the new member posts through the other one, which last saw the room without
-        // them: once with no expected version, once naming the version just read.
+        // them, with no expected version; then through the first, which has not seen that post,
+        // naming the version just read.
         let mut member = client(urls[poster], &format!("m{m}")).await;
         let posted = member
             .execute(request(
@@ -111,7 +112,9 @@ async fn interleave(urls: [&str; 2], room: &str) -> u64 {
             .into_inner();
         assert_eq!(posted.version, version + 1);
         version = posted.version;
-        let posted = member
+        // Named with the version just read, through the process that has not seen the post.
+        let mut member_at_adder = client(urls[adder], &format!("m{m}")).await;
+        let posted = member_at_adder
             .execute(request(
                 room,
                 &format!("{room}-post-exp-{m}"),
@@ -139,8 +142,9 @@ async fn interleave(urls: [&str; 2], room: &str) -> u64 {
         assert_eq!(renamed.version, version + 1);
         version = renamed.version;
     }
-    // An expected version that really is out of date is refused with the journal's version.
-    let stale = ann[0]
+    // An expected version that really is out of date is refused with the journal's version, also
+    // by the process whose memory is behind (it last saw the room before the final rename).
+    let stale = ann[(MEMBERS - 1) % 2]
         .execute(request(
             room,
             &format!("{room}-stale"),
