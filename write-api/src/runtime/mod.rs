@@ -273,7 +273,14 @@ impl<A: Aggregate> AggregateRuntime<A> {
                         shared.config.mailbox_capacity
                     )));
                 }
-                Admit::Absent => self.spawn(aggregate_id).await?,
+                Admit::Absent => match self.spawn(aggregate_id).await {
+                    Ok(actor) => actor,
+                    Err(e) => {
+                        // Admitted to the process but to no actor: give the slot back.
+                        shared.finished_without_entry();
+                        return Err(e);
+                    }
+                },
             };
             match actor.send_message(msg) {
                 Ok(()) => return Ok(rx),
