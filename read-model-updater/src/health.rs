@@ -99,6 +99,9 @@ impl UpdaterError {
             UpdaterError::Store(StoreError::Conflict(_)) => {
                 "the read store refused a change made concurrently"
             }
+            UpdaterError::Store(StoreError::Broken(_)) => {
+                "the read store is broken: a table is missing or of another shape, or it cannot be written"
+            }
             UpdaterError::Store(StoreError::Storage(_)) => "the read store refused the work",
             UpdaterError::Journal(JournalError::Unavailable(_)) => "the journal is unavailable",
             UpdaterError::Journal(_) => "reading the journal failed",

@@ -419,7 +419,10 @@ impl Updater {
     }
 
     /// Commits a batch. A gap found by the store (the cache was stale) is repaired by reloading;
-    /// a batch the store keeps refusing is split so only the event at fault is parked.
+    /// a batch the store keeps refusing for what may be an event's data (a constraint, a value)
+    /// is split so only the event at fault is parked. A failure of the store itself (transient,
+    /// or a broken store: a table missing or of another shape, no permission, a read-only or
+    /// full disk) parks nothing and is returned.
     async fn commit(&mut self, batch: Batch) -> Result<(u64, u64), UpdaterError> {
         let mut attempts = 0;
         loop {
@@ -439,7 +442,10 @@ impl Updater {
                     }
                     return Box::pin(self.commit(Batch { events, ..batch })).await;
                 }
-                Err(e) if e.is_transient() => return Err(e.into()),
+                // The store itself failed (its connection, its tables, its disk, ...): no event
+                // is at fault, so none is parked and the checkpoint stays; `run` retries or
+                // restarts, and health says the updater cannot commit until the store is back.
+                Err(e) if !e.may_be_an_events_fault() => return Err(e.into()),
                 Err(e) if attempts < self.config.max_attempts => {
                     tracing::warn!(error = %e, "read-model updater: batch refused, trying again");
                     let pause = backoff(

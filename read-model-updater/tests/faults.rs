@@ -1,6 +1,8 @@
 //! A running updater whose read store fails: before, during and after commit, several times in
 //! a row; a PostgreSQL connection terminated mid-commit; failures that are not transient; a
-//! projection that panics. Afterwards every view equals a rebuild from the journal.
+//! store broken for real (a table or column renamed away) and repaired; a projection that
+//! panics. Afterwards every view equals a rebuild from the journal. A value the store refuses
+//! still parks only its event.
 
 mod support;
 
@@ -233,4 +235,170 @@ async fn a_projection_that_panics_parks_its_event_and_the_rest_goes_on() {
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].envelope.sequence, 2);
     assert!(parked[0].error.contains("panicked"), "{}", parked[0].error);
+}
+
+/// What health says while the store itself is broken: fixed words, never the backend's text.
+const BROKEN: &str =
+    "the read store is broken: a table is missing or of another shape, or it cannot be written";
+
+/// Ways to break a read store for real, as a migration not run or an administrator would, and
+/// to repair it (the same SQL on SQLite and PostgreSQL): (what, break, repair).
+const BREAKAGES: [(&str, &str, &str); 2] = [
+    (
+        "the active rooms table renamed away",
+        "ALTER TABLE rooms_v1 RENAME TO rooms_v1_away",
+        "ALTER TABLE rooms_v1_away RENAME TO rooms_v1",
+    ),
+    (
+        "a column of the active messages table renamed away",
+        "ALTER TABLE messages_v1 RENAME COLUMN body TO body_away",
+        "ALTER TABLE messages_v1 RENAME COLUMN body_away TO body",
+    ),
+];
+
+/// Between two batches the store is broken; the events sent then are neither applied nor
+/// parked: the updater restarts with backoff and says it cannot commit, the checkpoint stays
+/// before them. Once the store is repaired, they are applied and the views equal a rebuild.
+async fn a_broken_store_parks_nothing_and_holds_the_checkpoint_until_repaired(w: World) {
+    let updater = w.updater(Arc::new(RoomsProjection), w.feed());
+    let mut progress = updater.progress();
+    let mut health = updater.health();
+    let (stop, task) = w.spawn(updater);
+    w.room_with_messages("before", 2).await;
+    for (round, (what, broken, repair)) in BREAKAGES.into_iter().enumerate() {
+        // Rooms of their own, created while the store is whole: every event sent while it is
+        // broken is a message, which writes to both tables broken here.
+        let room = format!("during-{round}");
+        w.append(&room, 0, &[created(&room)]).await;
+        w.wait_for_position(&mut progress).await;
+        let at = w.store.checkpoint(ROOMS, 1).await.unwrap().position;
+        let restarts = health.borrow().restarts;
+
+        w.alter_store(broken, broken).await;
+        for i in 1..=3 {
+            w.append(&room, i, &[posted(&format!("{room}-m{i}"), "while broken")])
+                .await;
+        }
+        // And a message in the room made before the loop (its versions 3, 4, ...).
+        let next = 3 + round as u64;
+        w.append("before", next, &[posted(&format!("before-m{next}"), "x")])
+            .await;
+
+        let h = tokio::time::timeout(
+            Duration::from_secs(30),
+            health.wait_for(|h| h.restarts >= restarts + 3),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the updater restarts, again and again"))
+        .unwrap()
+        .clone();
+        assert!(
+            !h.committing && h.failing_since_ms.is_some(),
+            "{what}: {h:?}"
+        );
+        assert!(h.consecutive_failures >= 3, "{what}: {h:?}");
+        assert_eq!(h.transient_faults, 0, "{what}: {h:?}");
+        let last = h.last_failure.clone().unwrap();
+        assert!(!last.transient, "{what}: {last:?}");
+        assert_eq!(last.summary, BROKEN, "{what}: fixed words, no backend text");
+        assert!(
+            w.store.dead_letters(ROOMS, 100).await.unwrap().is_empty(),
+            "{what}: nothing is parked"
+        );
+        assert_eq!(
+            w.store.state(ROOMS).await.unwrap().dead_letters,
+            0,
+            "{what}"
+        );
+        assert_eq!(
+            w.store.checkpoint(ROOMS, 1).await.unwrap().position,
+            at,
+            "{what}: the checkpoint stays before the events not applied"
+        );
+        assert_eq!(
+            progress.borrow().position,
+            at,
+            "{what}: nor does progress move"
+        );
+        assert!(!task.is_finished(), "{what}: the updater never stopped");
+
+        w.alter_store(repair, repair).await;
+        w.wait_for_position(&mut progress).await;
+        w.wait_until_committing(&mut health).await;
+        assert!(
+            w.store.dead_letters(ROOMS, 100).await.unwrap().is_empty(),
+            "{what}: nothing is parked once repaired"
+        );
+        let room_view = w.store.room(&room).await.unwrap().unwrap();
+        assert_eq!(room_view.message_count, 3, "{what}: every message applied");
+    }
+    drop(stop);
+    task.await.unwrap();
+    let before = w.store.room("before").await.unwrap().unwrap();
+    assert_eq!(before.message_count, 2 + BREAKAGES.len() as u64);
+    w.assert_views_equal_a_rebuild(1).await;
+}
+
+#[tokio::test]
+async fn a_broken_sqlite_store_parks_nothing_restarts_the_updater_and_catches_up_once_repaired() {
+    a_broken_store_parks_nothing_and_holds_the_checkpoint_until_repaired(World::new().await).await;
+}
+
+#[tokio::test]
+async fn a_broken_postgres_store_parks_nothing_restarts_the_updater_and_catches_up_once_repaired() {
+    a_broken_store_parks_nothing_and_holds_the_checkpoint_until_repaired(
+        World::on_postgres().await,
+    )
+    .await;
+}
+
+/// A value the store refuses is one event's fault: that event is parked (and its aggregate's
+/// later events behind it); every other event is applied, and the updater never restarts.
+async fn a_row_the_store_refuses_parks_its_event_and_the_rest_goes_on(w: World) {
+    w.alter_store(
+        "CREATE TRIGGER refuse_forbidden BEFORE INSERT ON messages_v1
+         WHEN NEW.body = 'forbidden' BEGIN SELECT RAISE(ABORT, 'forbidden body'); END",
+        "ALTER TABLE messages_v1 ADD CONSTRAINT refuse_forbidden CHECK (body <> 'forbidden')",
+    )
+    .await;
+    let updater = w.updater(Arc::new(RoomsProjection), w.feed());
+    let mut progress = updater.progress();
+    let health = updater.health();
+    let (stop, task) = w.spawn(updater);
+    w.append("r1", 0, &[created("r1")]).await;
+    w.append("r1", 1, &[posted("ok", "fine")]).await;
+    w.append("r1", 2, &[posted("no", "forbidden")]).await;
+    w.append("r1", 3, &[posted("later", "fine")]).await;
+    w.room_with_messages("r2", 3).await;
+    w.wait_for_position(&mut progress).await;
+    let parked = w.store.dead_letters(ROOMS, 10).await.unwrap();
+    let mut parked: Vec<(u64, String)> = parked
+        .into_iter()
+        .map(|d| (d.envelope.sequence, d.error))
+        .collect();
+    parked.sort();
+    let sequences: Vec<u64> = parked.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        sequences,
+        [3, 4],
+        "the refused message and the one behind it: {parked:?}"
+    );
+    assert!(parked[0].1.contains("forbidden"), "{parked:?}");
+    assert_eq!(w.store.room("r1").await.unwrap().unwrap().message_count, 1);
+    assert_eq!(w.store.room("r2").await.unwrap().unwrap().message_count, 3);
+    let h = health.borrow().clone();
+    assert_eq!((h.restarts, h.transient_faults), (0, 0), "{h:?}");
+    assert!(!task.is_finished());
+    drop(stop);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_the_sqlite_store_refuses_parks_its_event_and_the_rest_goes_on() {
+    a_row_the_store_refuses_parks_its_event_and_the_rest_goes_on(World::new().await).await;
+}
+
+#[tokio::test]
+async fn a_row_the_postgres_store_refuses_parks_its_event_and_the_rest_goes_on() {
+    a_row_the_store_refuses_parks_its_event_and_the_rest_goes_on(World::on_postgres().await).await;
 }

@@ -34,6 +34,15 @@ pub enum StoreError {
     /// A transient failure (busy, connection lost): try again.
     #[error("read store unavailable: {0}")]
     Unavailable(String),
+    /// The store itself cannot do the work, whatever the events: its tables are missing or of
+    /// another shape (a migration not run, a table renamed or dropped), it denies access, it is
+    /// read-only, its disk is full or failing, its file is corrupt. Not transient, and never one
+    /// event's fault: the updater restarts (with backoff) until someone repairs the store, and
+    /// parks nothing meanwhile.
+    #[error("read store broken: {0}")]
+    Broken(String),
+    /// Any other failure. In a commit it may come from one event's data (a constraint or a
+    /// value the store refuses): the updater then parks that event.
     #[error("read store error: {0}")]
     Storage(String),
     /// Another process changed what this request relied on (e.g. a dead letter already
@@ -45,6 +54,13 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether a refused commit may be the fault of one of its events (which the updater then
+    /// finds and parks). Only a [`StoreError::Storage`] may: every other error names something
+    /// that no event can cause.
+    pub fn may_be_an_events_fault(&self) -> bool {
+        matches!(self, StoreError::Storage(_))
     }
 }
 

@@ -22,19 +22,52 @@ pub struct PostgresReadStore {
 }
 
 fn error(e: tokio_postgres::Error) -> StoreError {
-    let transient = match e.as_db_error() {
-        Some(db) => transient_sqlstate(db.code().code()),
-        None => connection_lost(&e),
-    };
-    let text = match e.as_db_error() {
-        Some(db) => db.to_string(),
-        None => e.to_string(),
-    };
-    if transient {
-        StoreError::Unavailable(text)
-    } else {
-        StoreError::Storage(text)
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            if transient_sqlstate(code) {
+                StoreError::Unavailable(db.to_string())
+            } else if broken_sqlstate(code) {
+                StoreError::Broken(db.to_string())
+            } else {
+                StoreError::Storage(db.to_string())
+            }
+        }
+        None if connection_lost(&e) => StoreError::Unavailable(e.to_string()),
+        None if wrong_column_type(&e) => StoreError::Broken(e.to_string()),
+        None => StoreError::Storage(e.to_string()),
     }
+}
+
+/// SQLSTATEs that say the store itself cannot do the work, whatever the data: the statement
+/// does not fit the schema (class 42: an undefined table, column or function, a datatype
+/// mismatch, a missing privilege, a syntax error), the database, schema or credentials are
+/// wrong (3D, 3F, 28), the server's files or internals failed (58, XX, F0), or the database
+/// was dropped. Unlike class 22 (a value the column refuses) or 23 (a constraint), no event's
+/// data causes these.
+fn broken_sqlstate(code: &str) -> bool {
+    ["42", "3D", "3F", "28", "58", "XX", "F0"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(
+            code,
+            "57P04" // database_dropped
+                | "0A000" // feature_not_supported (e.g. a cached plan whose table changed shape)
+        )
+}
+
+/// A column read back in another type than the store's own schema gives it: the table is of
+/// another shape.
+fn wrong_column_type(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<tokio_postgres::types::WrongType>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// SQLSTATEs after which the same work, tried again (on a new connection if need be), can
@@ -89,6 +122,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         PoolError::Backend(e) => match error(e) {
             StoreError::Unavailable(m) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL: {m}"))
+            }
+            StoreError::Broken(m) => {
+                StoreError::Broken(format!("cannot connect to PostgreSQL: {m}"))
             }
             StoreError::Storage(m) => {
                 StoreError::Storage(format!("cannot connect to PostgreSQL: {m}"))
@@ -318,6 +354,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_statement_that_does_not_fit_the_schema_is_a_broken_store_and_a_refused_value_is_not() {
+        // Undefined table, column, function; datatype mismatch; no privilege; syntax; no such
+        // database or schema; bad credentials; I/O; corruption; a dropped database.
+        for code in [
+            "42P01", "42703", "42883", "42804", "42501", "42601", "42P10", "3D000", "3F000",
+            "28P01", "58030", "XX001", "XX000", "57P04", "0A000",
+        ] {
+            assert!(broken_sqlstate(code), "{code}");
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        // One event's data: constraints (23), data exceptions (22), an index row too large
+        // (54000), a trigger's exception (P0001). And the transient ones are not broken.
+        for code in [
+            "23505", "23502", "23514", "23503", "22001", "22003", "22P02", "22021", "54000",
+            "P0001", "40001", "57P01", "08006", "25006", "53100",
+        ] {
+            assert!(!broken_sqlstate(code), "{code}");
+        }
+    }
+
     async fn one_query(store: &PostgresReadStore, sql: &'static str) -> Result<(), StoreError> {
         store
             .run(false, move |tx| {
@@ -353,5 +410,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!e.is_transient(), "{e:?}");
+        assert!(matches!(e, StoreError::Broken(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_value_a_constraint_refuses_may_be_an_events_fault() {
+        let store = PostgresReadStore::connect(&test_url()).await.unwrap();
+        let e = store
+            .run(false, |tx| {
+                Box::pin(async move {
+                    tx.batch("CREATE TEMPORARY TABLE t (v BIGINT CHECK (v > 0))")
+                        .await?;
+                    tx.batch("INSERT INTO t VALUES (0)").await
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Storage(_)), "{e:?}");
+        assert!(e.may_be_an_events_fault());
     }
 }

@@ -33,17 +33,47 @@ struct Inner {
 }
 
 fn error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
+    let code = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.code),
+        rusqlite::Error::SqlInputError { error, .. } => Some(error.code),
+        _ => None,
+    };
+    match code {
+        Some(code) if transient(code) => StoreError::Unavailable(e.to_string()),
+        Some(code) if broken(code) => StoreError::Broken(e.to_string()),
         _ => StoreError::Storage(e.to_string()),
     }
+}
+
+/// The same work, tried again, can succeed: another connection holds the lock, or the schema
+/// changed under a prepared statement (which is prepared again).
+fn transient(code: rusqlite::ErrorCode) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(code, DatabaseBusy | DatabaseLocked | SchemaChanged)
+}
+
+/// The store itself cannot do the work, whatever the data. `SQLITE_ERROR` (`Unknown` here) is
+/// what a statement that does not fit the schema gets: "no such table", "no such column",
+/// "table … has no column named …", an `ON CONFLICT` without its key; SQLite has codes of its
+/// own for what a value can cause (constraint, too big, mismatch). The others: the file is
+/// read-only, cannot be opened or locked, is not a database or is corrupt, the disk is full or
+/// failing, access is denied.
+fn broken(code: rusqlite::ErrorCode) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        code,
+        Unknown
+            | PermissionDenied
+            | ReadOnly
+            | SystemIoFailure
+            | DatabaseCorrupt
+            | DiskFull
+            | CannotOpen
+            | FileLockingProtocolFailed
+            | NoLargeFileSupport
+            | AuthorizationForStatementDenied
+            | NotADatabase
+    )
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -260,6 +290,47 @@ mod tests {
     }
 
     crate::read_store_suite!(fresh().await);
+
+    #[test]
+    fn a_statement_that_does_not_fit_the_schema_or_a_file_that_cannot_be_written_is_a_broken_store()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.db");
+        let conn = connect(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        let run = |sql: &str| error(conn.execute_batch(sql).unwrap_err());
+        for sql in [
+            "INSERT INTO no_such_table (k) VALUES (1)",
+            "UPDATE t SET no_such_column = 1",
+            "INSERT INTO t (k, no_such_column) VALUES (1, 1)",
+            "INSERT INTO t (k, v) VALUES (1, 'a') ON CONFLICT (v) DO NOTHING",
+        ] {
+            let e = run(sql);
+            assert!(matches!(e, StoreError::Broken(_)), "{sql}: {e:?}");
+            assert!(!e.may_be_an_events_fault(), "{sql}");
+        }
+        // A value the table refuses may be one event's fault.
+        conn.execute_batch("INSERT INTO t (k, v) VALUES (1, 'a')")
+            .unwrap();
+        for sql in [
+            "INSERT INTO t (k, v) VALUES (1, 'b')",
+            "INSERT INTO t (k, v) VALUES (2, NULL)",
+        ] {
+            let e = run(sql);
+            assert!(matches!(e, StoreError::Storage(_)), "{sql}: {e:?}");
+            assert!(e.may_be_an_events_fault(), "{sql}");
+        }
+        // A database that cannot be written.
+        let read_only =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let e = error(
+            read_only
+                .execute_batch("INSERT INTO t (k, v) VALUES (3, 'c')")
+                .unwrap_err(),
+        );
+        assert!(matches!(e, StoreError::Broken(_)), "{e:?}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_under_its_ceiling_under_steady_commits_and_is_empty_once_closed() {

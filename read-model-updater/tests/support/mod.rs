@@ -21,7 +21,7 @@ use kiroku_read_model_updater::{
 use tokio::sync::{oneshot, watch};
 
 pub struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub journal: SqliteJournal,
     pub store: Arc<dyn ReadStore>,
     /// Where the store lives when it is PostgreSQL (dropped with the world).
@@ -58,10 +58,37 @@ impl World {
         .unwrap();
         store.migrate().await.unwrap();
         Self {
-            _dir: dir,
+            dir,
             journal,
             store,
             schema,
+        }
+    }
+
+    /// Runs `sqlite` (SQLite store) or `postgres` (PostgreSQL store, in its schema) on the read
+    /// store's database from a connection of the test's own, as an administrator would: to
+    /// break the store for real, or repair it.
+    pub async fn alter_store(&self, sqlite: &str, postgres: &str) {
+        match &self.schema {
+            Some(schema) => {
+                let admin = schema.admin().await;
+                admin
+                    .batch_execute(&format!("SET search_path TO {}; {postgres}", schema.name))
+                    .await
+                    .unwrap_or_else(|e| panic!("{postgres}: {e}"));
+            }
+            None => {
+                let path = self.dir.path().join("views.db");
+                let sql = sqlite.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                    conn.execute_batch(&sql)
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                })
+                .await
+                .unwrap();
+            }
         }
     }
 
