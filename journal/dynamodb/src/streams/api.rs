@@ -23,6 +23,10 @@ pub(crate) struct ShardInfo {
     pub parent: Option<String>,
     /// The shard has an ending sequence number: it takes no more records.
     pub closed: bool,
+    /// `SequenceNumberRange.StartingSequenceNumber`: where the shard's records begin (a record's
+    /// sequence number is never below it). The service leaves it out for a shard that has had no
+    /// record yet.
+    pub starting_sequence_number: Option<String>,
 }
 
 /// One page of `DescribeStream`.
@@ -50,6 +54,17 @@ pub(crate) struct RecordsPage {
     pub next_shard_iterator: Option<String>,
 }
 
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position<'a> {
+    /// At the oldest record the shard still has (`TRIM_HORIZON`).
+    TrimHorizon,
+    /// Just after this sequence number (`AFTER_SEQUENCE_NUMBER`).
+    After(&'a str),
+    /// At this sequence number (`AT_SEQUENCE_NUMBER`).
+    At(&'a str),
+}
+
 /// What a Streams call can answer besides success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CallError {
@@ -70,13 +85,13 @@ pub(crate) trait StreamsApi: Send + Sync + fmt::Debug {
         exclusive_start_shard_id: Option<&str>,
     ) -> Result<ShardList, CallError>;
 
-    /// An iterator just after `after_sequence_number`, or at the trim horizon when `None`.
-    /// `Ok(None)` when the service returns no iterator.
+    /// An iterator at `position`; [`CallError::TrimmedData`] when the position is older than
+    /// the shard's trim horizon. `Ok(None)` when the service returns no iterator.
     async fn get_shard_iterator(
         &self,
         stream_arn: &str,
         shard_id: &str,
-        after_sequence_number: Option<&str>,
+        position: Position<'_>,
     ) -> Result<Option<String>, CallError>;
 
     /// At most `limit` records from `iterator`.
@@ -118,6 +133,10 @@ impl StreamsApi for SdkStreams {
                         .sequence_number_range()
                         .and_then(|r| r.ending_sequence_number())
                         .is_some(),
+                    starting_sequence_number: shard
+                        .sequence_number_range()
+                        .and_then(|r| r.starting_sequence_number())
+                        .map(str::to_owned),
                 })
             })
             .collect();
@@ -131,11 +150,12 @@ impl StreamsApi for SdkStreams {
         &self,
         stream_arn: &str,
         shard_id: &str,
-        after_sequence_number: Option<&str>,
+        position: Position<'_>,
     ) -> Result<Option<String>, CallError> {
-        let kind = match after_sequence_number {
-            Some(_) => ShardIteratorType::AfterSequenceNumber,
-            None => ShardIteratorType::TrimHorizon,
+        let (kind, sequence_number) = match position {
+            Position::TrimHorizon => (ShardIteratorType::TrimHorizon, None),
+            Position::After(seq) => (ShardIteratorType::AfterSequenceNumber, Some(seq)),
+            Position::At(seq) => (ShardIteratorType::AtSequenceNumber, Some(seq)),
         };
         let sent = self
             .client
@@ -143,7 +163,7 @@ impl StreamsApi for SdkStreams {
             .stream_arn(stream_arn)
             .shard_id(shard_id)
             .shard_iterator_type(kind)
-            .set_sequence_number(after_sequence_number.map(str::to_owned))
+            .set_sequence_number(sequence_number.map(str::to_owned))
             .send()
             .await;
         match sent {

@@ -17,23 +17,35 @@
 //! - An expired iterator (15 minutes) is renewed from the checkpoint.
 //! - A checkpoint older than the 24-hour retention is [`StreamsError::CheckpointTrimmed`], never
 //!   a skip to the oldest record still there.
+//! - When a shard is finished, each of its children is recorded as owed from its first record
+//!   (`(None, unfinished)`). Such a child is read from `TRIM_HORIZON`, and the first record that
+//!   comes back must be the shard's first (its `StartingSequenceNumber`); when it is later, an
+//!   iterator `AT_SEQUENCE_NUMBER` of the start decides: refused as trimmed, the shard's first
+//!   records are gone and the read fails with [`StreamsError::ShardStartTrimmed`]. An owed shard
+//!   the stream no longer lists is the same error, not a skip to its children.
 
 mod api;
 mod error;
 #[cfg(test)]
 mod scripted;
+mod shards;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use kiroku_journal::Envelope;
 
-use self::api::{CallError, ChangeRecord, RecordsPage, SdkStreams, ShardInfo, StreamsApi};
+use self::api::{
+    CallError, ChangeRecord, Position, RecordsPage, SdkStreams, ShardInfo, StreamsApi,
+};
 pub use self::error::StreamsError;
+pub use self::shards::{ShardCheckpoint, StreamCheckpoints};
+use self::shards::{readable, sequence_order};
 use crate::error::{DynamoDbError, Failure};
 use crate::items::{self, HEAD_SEQ, SEQ};
 use crate::retry::retrying;
@@ -48,21 +60,6 @@ const MAX_RENEWALS: u32 = 3;
 
 /// `GetRecords` returns at most 1,000 records a page.
 const PAGE_LIMIT: usize = 1000;
-
-/// Progress in one shard.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShardCheckpoint {
-    /// The sequence number of the last record handed out; `None` to start at the trim horizon.
-    pub last_sequence_number: Option<String>,
-    /// The shard is closed and was read to its end; its children may be read.
-    pub finished: bool,
-}
-
-/// Progress in the whole stream, per shard id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamCheckpoints {
-    pub shards: BTreeMap<String, ShardCheckpoint>,
-}
 
 /// Envelopes read, and the checkpoints after them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,61 +128,83 @@ impl StreamsReader {
 
     /// Reads up to about `max_records` envelopes after `checkpoints`: every shard's records in
     /// order, parents before children. Stream-head updates and deletions are not envelopes and
-    /// are skipped (their positions still advance the checkpoint). Checkpoints of finished shards
-    /// the stream no longer lists are dropped.
+    /// are skipped (their positions still advance the checkpoint). Children of finished shards
+    /// are recorded as owed from their first record; checkpoints of finished shards the stream
+    /// no longer lists are dropped.
     pub async fn read(
         &self,
         checkpoints: &StreamCheckpoints,
         max_records: usize,
     ) -> Result<StreamBatch, StreamsError> {
-        let shards = self.shards().await?;
-        let known: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-        if let Some((id, state)) = checkpoints
-            .shards
-            .iter()
-            .find(|(id, state)| !state.finished && !known.contains(id.as_str()))
-        {
-            // Listed until its last record is trimmed: the rest of this shard is gone.
-            let checkpoint = state.last_sequence_number.as_deref().unwrap_or("(none)");
-            return Err(self.trimmed(id, checkpoint));
-        }
+        let mut shards = self.shards().await?;
         let mut batch = StreamBatch {
             envelopes: Vec::new(),
             checkpoints: checkpoints.clone(),
         };
-        batch
-            .checkpoints
-            .shards
-            .retain(|id, _| known.contains(id.as_str()));
+        self.settle(&shards, &mut batch.checkpoints)?;
         // Passes until no shard finishes: a shard finished in one pass frees its children for
         // the next; any other shard stopped for a reason another pass would not change.
         loop {
-            let mut finished_one = false;
+            let (mut finished_one, mut closed_since_listing) = (false, false);
+            let known: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
             for shard in &shards {
                 if batch.envelopes.len() >= max_records {
-                    return Ok(batch);
+                    break;
                 }
-                let state = batch
-                    .checkpoints
-                    .shards
-                    .get(&shard.id)
-                    .cloned()
-                    .unwrap_or_default();
+                let recorded = batch.checkpoints.shards.get(&shard.id);
+                let owed = recorded.is_some_and(ShardCheckpoint::is_owed);
+                let state = recorded.cloned().unwrap_or_default();
                 if !readable(shard, &state, &known, &batch.checkpoints) {
                     continue;
                 }
                 let after = self
-                    .drain(shard, state.clone(), max_records, &mut batch.envelopes)
+                    .drain(
+                        shard,
+                        state.clone(),
+                        owed,
+                        max_records,
+                        &mut batch.envelopes,
+                    )
                     .await?;
-                finished_one |= after.finished;
+                if after.finished {
+                    finished_one = true;
+                    closed_since_listing |= !shard.closed;
+                }
                 if after != state {
                     batch.checkpoints.shards.insert(shard.id.clone(), after);
+                    batch.checkpoints.owe_children(&shards);
                 }
             }
-            if !finished_one {
+            if closed_since_listing {
+                // It split after the listing: list again, so that its children are recorded as
+                // owed before these checkpoints are handed out.
+                shards = self.shards().await?;
+                self.settle(&shards, &mut batch.checkpoints)?;
+            }
+            if !finished_one || batch.envelopes.len() >= max_records {
                 return Ok(batch);
             }
         }
+    }
+
+    /// Brings `checkpoints` in line with the listed `shards`: children of finished shards are
+    /// owed, an unfinished checkpoint of a shard no longer listed is a loss, finished ones of
+    /// such shards are dropped.
+    fn settle(
+        &self,
+        shards: &[ShardInfo],
+        checkpoints: &mut StreamCheckpoints,
+    ) -> Result<(), StreamsError> {
+        checkpoints.owe_children(shards);
+        let known: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+        if let Some((id, state)) = checkpoints.lost(&known) {
+            return Err(match &state.last_sequence_number {
+                Some(checkpoint) => self.trimmed(id, checkpoint),
+                None => self.start_trimmed(id, None, None),
+            });
+        }
+        checkpoints.prune(&known);
+        Ok(())
     }
 
     /// All shards of the stream, following `LastEvaluatedShardId`.
@@ -212,20 +231,23 @@ impl StreamsReader {
     }
 
     /// Reads one shard from `state` until it is finished, `max_records` is reached, or
-    /// [`MAX_EMPTY_PAGES`] empty pages were followed; keeps the iterator where it stopped.
+    /// [`MAX_EMPTY_PAGES`] empty pages were followed; keeps the iterator where it stopped. An
+    /// `owed` shard is checked for trimmed first records before any record is handed out.
     async fn drain(
         &self,
         shard: &ShardInfo,
         mut state: ShardCheckpoint,
+        owed: bool,
         max_records: usize,
         out: &mut Vec<Envelope>,
     ) -> Result<ShardCheckpoint, StreamsError> {
+        let mut unchecked = owed;
         let kept = self.take_kept(&shard.id, &state);
         let mut iterator = match kept {
             Some(iterator) => iterator,
             None => match self.shard_iterator(shard, &state).await? {
                 Some(iterator) => iterator,
-                None => return Ok(finish(state)),
+                None => return self.finished(shard, state, unchecked).await,
             },
         };
         let (mut empty_pages, mut renewals) = (0, 0);
@@ -251,20 +273,70 @@ impl StreamsReader {
                 tracing::debug!(shard_id = %shard.id, "shard iterator expired, renewing it from the checkpoint");
                 match self.shard_iterator(shard, &state).await? {
                     Some(renewed) => iterator = renewed,
-                    None => return Ok(finish(state)),
+                    None => return self.finished(shard, state, unchecked).await,
                 }
                 continue;
             };
             if page.records.is_empty() {
                 empty_pages += 1;
             }
+            let first = page
+                .records
+                .iter()
+                .find_map(|r| r.sequence_number.as_deref());
+            if let (true, Some(first)) = (unchecked, first) {
+                self.check_start(shard, Some(first)).await?;
+                unchecked = false;
+            }
             for record in page.records {
                 self.hand_out(record, &mut state, out)?;
             }
             match page.next_shard_iterator {
                 Some(next) => iterator = next,
-                None => return Ok(finish(state)),
+                None => return self.finished(shard, state, unchecked).await,
             }
+        }
+    }
+
+    /// The shard was read to its end; an owed shard that gave no record is checked first.
+    async fn finished(
+        &self,
+        shard: &ShardInfo,
+        mut state: ShardCheckpoint,
+        unchecked: bool,
+    ) -> Result<ShardCheckpoint, StreamsError> {
+        if unchecked {
+            self.check_start(shard, None).await?;
+        }
+        state.finished = true;
+        Ok(state)
+    }
+
+    /// An owed shard read from `TRIM_HORIZON` begins at `first` (`None`: it gave no record):
+    /// fails with [`StreamsError::ShardStartTrimmed`] when records before it were trimmed.
+    ///
+    /// No record is below the shard's `StartingSequenceNumber`, so a first record at the start
+    /// proves nothing is missing. A later one (or none) may mean trimmed records, or a start
+    /// that is only a lower bound of the first record's number; the service tells them apart:
+    /// an iterator `AT_SEQUENCE_NUMBER` of the start is refused with
+    /// `TrimmedDataAccessException` exactly when the start is older than the trim horizon.
+    async fn check_start(
+        &self,
+        shard: &ShardInfo,
+        first: Option<&str>,
+    ) -> Result<(), StreamsError> {
+        let Some(start) = shard.starting_sequence_number.as_deref() else {
+            // The service lists no start for a shard that had no record when it was listed:
+            // nothing in it was old enough to be trimmed.
+            tracing::debug!(shard_id = %shard.id, "owed shard has no starting sequence number: nothing to check");
+            return Ok(());
+        };
+        if first.is_some_and(|first| sequence_order(first, start) != Ordering::Greater) {
+            return Ok(());
+        }
+        match self.iterator_at(shard, Position::At(start)).await? {
+            Ok(_) => Ok(()),
+            Err(Trimmed) => Err(self.start_trimmed(&shard.id, Some(start), first)),
         }
     }
 
@@ -296,20 +368,11 @@ impl StreamsReader {
         shard: &ShardInfo,
         state: &ShardCheckpoint,
     ) -> Result<Option<String>, StreamsError> {
-        let after = state.last_sequence_number.as_deref();
-        let got = retrying(&self.retry, "GetShardIterator", |_| async move {
-            match self
-                .api
-                .get_shard_iterator(&self.stream_arn, &shard.id, after)
-                .await
-            {
-                Ok(iterator) => Ok(Ok(iterator)),
-                Err(CallError::TrimmedData) => Ok(Err(())),
-                Err(e) => Err(unexpected("GetShardIterator", e)),
-            }
-        })
-        .await?;
-        match (got, after) {
+        let position = match state.last_sequence_number.as_deref() {
+            Some(checkpoint) => Position::After(checkpoint),
+            None => Position::TrimHorizon,
+        };
+        match (self.iterator_at(shard, position).await?, position) {
             (Ok(Some(iterator)), _) => Ok(Some(iterator)),
             (Ok(None), _) if shard.closed => Ok(None),
             (Ok(None), _) => Err(DynamoDbError::Service {
@@ -318,14 +381,35 @@ impl StreamsReader {
                 message: format!("no iterator for the open shard {}", shard.id),
             }
             .into()),
-            (Err(()), Some(checkpoint)) => Err(self.trimmed(&shard.id, checkpoint)),
-            (Err(()), None) => Err(DynamoDbError::Service {
+            (Err(Trimmed), Position::After(checkpoint)) => Err(self.trimmed(&shard.id, checkpoint)),
+            (Err(Trimmed), _) => Err(DynamoDbError::Service {
                 operation: "GetShardIterator",
                 code: "TrimmedDataAccessException".into(),
                 message: format!("shard {} is trimmed at its own trim horizon", shard.id),
             }
             .into()),
         }
+    }
+
+    /// `GetShardIterator` at `position`, with retries; `Err(Trimmed)` when the position is older
+    /// than the shard's trim horizon.
+    async fn iterator_at(
+        &self,
+        shard: &ShardInfo,
+        position: Position<'_>,
+    ) -> Result<Result<Option<String>, Trimmed>, DynamoDbError> {
+        retrying(&self.retry, "GetShardIterator", |_| async move {
+            match self
+                .api
+                .get_shard_iterator(&self.stream_arn, &shard.id, position)
+                .await
+            {
+                Ok(iterator) => Ok(Ok(iterator)),
+                Err(CallError::TrimmedData) => Ok(Err(Trimmed)),
+                Err(e) => Err(unexpected("GetShardIterator", e)),
+            }
+        })
+        .await
     }
 
     /// One page from `iterator`; `None` when the iterator expired or points at trimmed records.
@@ -360,6 +444,28 @@ impl StreamsReader {
         }
     }
 
+    fn start_trimmed(
+        &self,
+        shard_id: &str,
+        starting_sequence_number: Option<&str>,
+        oldest_left: Option<&str>,
+    ) -> StreamsError {
+        tracing::error!(
+            stream_arn = %self.stream_arn,
+            shard_id,
+            starting_sequence_number,
+            oldest_left,
+            "records of a stream shard owed from its start were trimmed before they were read: \
+             records were lost to the feed; rebuild the read model from the journal"
+        );
+        StreamsError::ShardStartTrimmed {
+            stream_arn: self.stream_arn.clone(),
+            shard_id: shard_id.to_owned(),
+            starting_sequence_number: starting_sequence_number.map(str::to_owned),
+            oldest_left: oldest_left.map(str::to_owned),
+        }
+    }
+
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeptIterator>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -379,10 +485,8 @@ impl StreamsReader {
     }
 }
 
-fn finish(mut state: ShardCheckpoint) -> ShardCheckpoint {
-    state.finished = true;
-    state
-}
+/// The position asked for is older than the shard's trim horizon.
+struct Trimmed;
 
 /// A call error the operation does not handle itself, for the retry loop.
 fn unexpected(operation: &'static str, e: CallError) -> Failure {
@@ -394,21 +498,4 @@ fn unexpected(operation: &'static str, e: CallError) -> Failure {
             message: "unexpected answer".into(),
         }),
     }
-}
-
-/// A shard may be read when it is not finished and its parent is finished — or trimmed from the
-/// stream (older than 24 hours), or it has none.
-fn readable(
-    shard: &ShardInfo,
-    state: &ShardCheckpoint,
-    known: &HashSet<&str>,
-    checkpoints: &StreamCheckpoints,
-) -> bool {
-    let parent_done = match &shard.parent {
-        Some(p) if known.contains(p.as_str()) => {
-            checkpoints.shards.get(p).is_some_and(|c| c.finished)
-        }
-        _ => true,
-    };
-    !state.finished && parent_done
 }

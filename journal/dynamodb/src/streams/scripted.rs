@@ -7,7 +7,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::api::{CallError, ChangeRecord, RecordsPage, ShardInfo, ShardList, StreamsApi};
+use super::api::{
+    CallError, ChangeRecord, Position, RecordsPage, ShardInfo, ShardList, StreamsApi,
+};
+use super::shards::sequence_order;
 use crate::DynamoDbError;
 use crate::error::Failure;
 use crate::items::Item;
@@ -27,6 +30,8 @@ struct Script {
     describe_page: usize,
     /// The GetRecords calls (1-based) that answer `ExpiredIteratorException`.
     expire_on_get_records: Vec<usize>,
+    /// The GetRecords call (1-based) before which a shard splits (see `split_on_get_records`).
+    split_on_get_records: Option<(usize, String)>,
     calls: HashMap<&'static str, usize>,
 }
 
@@ -36,6 +41,8 @@ struct Shard {
     slots: Vec<Slot>,
     /// Slots before this one are trimmed.
     horizon: usize,
+    /// Not created yet: `DescribeStream` does not list it (see `split_on_get_records`).
+    hidden: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,16 +69,40 @@ impl ScriptedStreams {
         self.script().describe_page = n;
     }
 
+    /// A new open shard. Its `StartingSequenceNumber` is its first record's sequence number
+    /// (none until it has one), unless `starts_at` sets it.
     pub fn open_shard(&self, id: &str, parent: Option<&str>) {
         self.script().shards.push(Shard {
             info: ShardInfo {
                 id: id.into(),
                 parent: parent.map(Into::into),
                 closed: false,
+                starting_sequence_number: None,
             },
             slots: Vec::new(),
             horizon: 0,
+            hidden: false,
         });
+    }
+
+    /// Sets the shard's `StartingSequenceNumber`, e.g. below its first record's number (the
+    /// service only promises that no record is below it).
+    pub fn starts_at(&self, id: &str, sequence_number: &str) {
+        self.script().shard(id).info.starting_sequence_number = Some(sequence_number.into());
+    }
+
+    /// The shard exists (records can be appended) but `DescribeStream` does not list it until
+    /// its parent splits (`split_on_get_records`).
+    pub fn hide(&self, id: &str) {
+        self.script().shard(id).hidden = true;
+    }
+
+    /// Just before the `n`-th GetRecords call from now is answered, `parent` closes and its
+    /// hidden children appear: the split happens while a read is under way.
+    pub fn split_on_get_records(&self, n: usize, parent: &str) {
+        let mut script = self.script();
+        let at = script.count("GetRecords") + n;
+        script.split_on_get_records = Some((at, parent.into()));
     }
 
     pub fn close(&self, id: &str) {
@@ -88,12 +119,16 @@ impl ScriptedStreams {
         let mut script = self.script();
         for image in images {
             script.sequence += 1;
+            let sequence_number = format!("{:021}", script.sequence);
+            let shard = script.shard(id);
+            let start = &mut shard.info.starting_sequence_number;
+            start.get_or_insert_with(|| sequence_number.clone());
             let record = ChangeRecord {
-                sequence_number: Some(format!("{:021}", script.sequence)),
+                sequence_number: Some(sequence_number),
                 removed: image.is_none(),
                 new_image: image,
             };
-            script.shard(id).slots.push(Slot::Record(record));
+            shard.slots.push(Slot::Record(record));
         }
     }
 
@@ -179,20 +214,26 @@ impl StreamsApi for ScriptedStreams {
     ) -> Result<ShardList, CallError> {
         let mut script = self.script();
         script.called("DescribeStream");
+        let listed: Vec<&ShardInfo> = script
+            .shards
+            .iter()
+            .filter(|s| !s.hidden)
+            .map(|s| &s.info)
+            .collect();
         let start = match exclusive_start_shard_id {
-            Some(id) => script.shards.iter().position(|s| s.info.id == id).unwrap() + 1,
+            Some(id) => listed.iter().position(|s| s.id == id).unwrap() + 1,
             None => 0,
         };
         let size = match script.describe_page {
             0 => usize::MAX,
             n => n,
         };
-        let shards: Vec<ShardInfo> = script.shards[start..]
+        let shards: Vec<ShardInfo> = listed[start..]
             .iter()
             .take(size)
-            .map(|s| s.info.clone())
+            .map(|&s| s.clone())
             .collect();
-        let more = start + shards.len() < script.shards.len();
+        let more = start + shards.len() < listed.len();
         Ok(ShardList {
             last_evaluated_shard_id: more.then(|| shards.last().unwrap().id.clone()),
             shards,
@@ -203,17 +244,21 @@ impl StreamsApi for ScriptedStreams {
         &self,
         _stream_arn: &str,
         shard_id: &str,
-        after_sequence_number: Option<&str>,
+        position: Position<'_>,
     ) -> Result<Option<String>, CallError> {
         let mut script = self.script();
         script.called("GetShardIterator");
-        let Some(index) = script.shards.iter().position(|s| s.info.id == shard_id) else {
+        let Some(index) = script
+            .shards
+            .iter()
+            .position(|s| s.info.id == shard_id && !s.hidden)
+        else {
             return Err(not_found("GetShardIterator", shard_id.into()));
         };
         let shard = &script.shards[index];
-        let position = match after_sequence_number {
-            None => shard.horizon,
-            Some(seq) => {
+        let position = match position {
+            Position::TrimHorizon => shard.horizon,
+            Position::After(seq) => {
                 let at = shard.slots.iter().position(|slot| {
                     matches!(slot, Slot::Record(r) if r.sequence_number.as_deref() == Some(seq))
                 });
@@ -221,6 +266,21 @@ impl StreamsApi for ScriptedStreams {
                     Some(at) if at >= shard.horizon => at + 1,
                     _ => return Err(CallError::TrimmedData),
                 }
+            }
+            Position::At(seq) => {
+                // The first record at or after `seq`; older than the horizon: trimmed.
+                let at = shard
+                    .slots
+                    .iter()
+                    .position(|slot| {
+                        matches!(slot, Slot::Record(r) if r.sequence_number.as_deref()
+                            .is_some_and(|n| sequence_order(n, seq).is_ge()))
+                    })
+                    .unwrap_or(shard.slots.len());
+                if at < shard.horizon {
+                    return Err(CallError::TrimmedData);
+                }
+                at
             }
         };
         Ok(Some(script.issue(index, position)))
@@ -234,6 +294,14 @@ impl StreamsApi for ScriptedStreams {
         };
         if issued.expired || script.expire_on_get_records.contains(&call) {
             return Err(CallError::ExpiredIterator);
+        }
+        if let Some((_, parent)) = script.split_on_get_records.take_if(|(at, _)| *at == call) {
+            script.shard(&parent).info.closed = true;
+            for shard in &mut script.shards {
+                if shard.info.parent.as_ref() == Some(&parent) {
+                    shard.hidden = false;
+                }
+            }
         }
         let shard = &script.shards[issued.shard];
         if issued.position < shard.horizon {

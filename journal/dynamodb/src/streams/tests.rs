@@ -9,6 +9,8 @@ use kiroku_journal::{EventMetadata, NewEvent, StreamId};
 
 use super::scripted::ScriptedStreams;
 use super::*;
+
+mod children;
 use crate::items::{HEAD, Item};
 
 const ARN: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/events/stream/scripted";
@@ -253,6 +255,7 @@ fn parents_are_read_before_children() {
         id: id.into(),
         parent: parent.map(Into::into),
         closed: false,
+        starting_sequence_number: None,
     };
     let finished = |ids: &[&str]| StreamCheckpoints {
         shards: ids
