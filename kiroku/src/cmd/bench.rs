@@ -202,8 +202,9 @@ impl std::ops::DerefMut for HdrHistogram {
 
 impl Latencies {
     fn record(&self, micros: u64) {
-        self.total.lock().saturating_record(micros);
-        self.window.lock().saturating_record(micros);
+        // `record` grows the histogram as needed (`saturating_record` would clamp to its range).
+        self.total.lock().record(micros).expect("in range");
+        self.window.lock().record(micros).expect("in range");
     }
 
     /// The window so far, and a fresh one started.

@@ -34,6 +34,9 @@ pub struct SoakArgs {
     concurrency: usize,
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Run `dev` from this kiroku binary instead of this one (e.g. an older build, to compare).
+    #[arg(long)]
+    dev_binary: Option<std::path::PathBuf>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -49,8 +52,11 @@ fn sizes(dir: &Path, name: &str) -> (f64, f64) {
 
 pub async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut dev = Command::new(exe)
+    let exe = match &a.dev_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut dev = Command::new(&exe)
         .args([
             "dev",
             "--listen",
@@ -95,7 +101,8 @@ pub async fn soak(a: SoakArgs) -> anyhow::Result<()> {
         let end = start + Duration::from_secs(a.minutes * 60);
         let latencies = Arc::new(Latencies::default());
         println!(
-            "bench soak: kiroku dev at {target}, {} commands/s for {} min over {} rooms, WAL ceiling {} MiB",
+            "bench soak: kiroku dev ({}) at {target}, {} commands/s for {} min over {} rooms, WAL ceiling {} MiB",
+            exe.display(),
             a.rate,
             a.minutes,
             a.aggregates,
