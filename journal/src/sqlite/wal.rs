@@ -19,8 +19,19 @@ use rusqlite::Connection;
 /// The default ceiling of a WAL file: 64 MiB.
 pub const DEFAULT_WAL_CEILING: u64 = 64 * 1024 * 1024;
 
-/// How long a ceiling checkpoint waits for readers to leave the log before trying again later.
-const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a ceiling checkpoint waits for readers to leave the log before trying again later:
+/// `CHECKPOINT_POLLS` looks, `CHECKPOINT_POLL` apart (50 ms in all).
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+const CHECKPOINT_POLLS: i32 = 500;
+
+/// A busy handler: `true` (try again) for the first `CHECKPOINT_POLLS` calls.
+fn wait_briefly(attempts: i32) -> bool {
+    if attempts >= CHECKPOINT_POLLS {
+        return false;
+    }
+    std::thread::sleep(CHECKPOINT_POLL);
+    true
+}
 
 /// How large one SQLite file's WAL may grow.
 #[derive(Debug, Clone)]
@@ -78,7 +89,9 @@ impl WalCeiling {
         // Waiting for a reader holds up the next group of writes: give up quickly and try again
         // after the next commit rather than stall every writer behind a slow reader.
         let busy_timeout: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
-        conn.busy_timeout(CHECKPOINT_BUSY_TIMEOUT)?;
+        // SQLite's own busy handler sleeps in steps of up to 50 ms; readers hold the log for
+        // about a millisecond, so poll finely instead: the writer waits only as long as they read.
+        conn.busy_handler(Some(wait_briefly))?;
         let outcome = truncate(conn);
         conn.busy_timeout(std::time::Duration::from_millis(busy_timeout.max(0) as u64))?;
         let outcome = outcome?;
