@@ -34,6 +34,11 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         "KIROKU_SERVER",
         "KIROKU_READ_STORE",
         "KIROKU_HTTP_LISTEN",
+        "KIROKU_SQLITE_WAL_CEILING_MIB",
+        "KIROKU_READ_MAX_WAITS",
+        "KIROKU_READ_MAX_WAITS_PER_PRINCIPAL",
+        "KIROKU_READ_MAX_STREAMS",
+        "KIROKU_READ_MAX_STREAMS_PER_PRINCIPAL",
     ] {
         cmd.env_remove(var);
     }
