@@ -31,18 +31,7 @@ impl tonic::service::Interceptor for Who {
 
 /// `kiroku dev` with `env`, and room `r1` (ann's) created and already in the views.
 async fn dev_with_room(dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
-    let k = start_served(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-        env,
-    );
+    let k = dev_served_with(dir, &[], env);
     let mut ann = CommandServiceClient::with_interceptor(channel(&k.kiroku.url).await, Who("ann"));
     let created = ann
         .execute(exec(

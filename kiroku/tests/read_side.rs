@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -134,19 +133,6 @@ fn rebuild_and_dead_letters_refuse_what_does_not_exist() {
     .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no parked events"));
-}
-
-/// The newest global position in a SQLite journal, read without opening it for writing.
-fn journal_head(path: &Path) -> u64 {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    conn.query_row(
-        "SELECT coalesce(max(global_position), 0) FROM events",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap() as u64
 }
 
 async fn caught_up(store: &dyn ReadStore, head: u64) {

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use kiroku_proto::v1::command_service_client::CommandServiceClient;
@@ -91,37 +90,12 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-fn journal_head(path: &Path) -> u64 {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    conn.query_row(
-        "SELECT coalesce(max(global_position), 0) FROM events",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap() as u64
-}
-
 #[tokio::test]
 async fn dev_survives_its_postgres_connection_terminated_mid_commit_and_says_so_until_it_recovers()
 {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::create().await;
-    let k = start_served(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--read-store",
-            &schema.store_url,
-        ],
-        &[],
-    );
+    let k = dev_served_with(dir.path(), &["--read-store", &schema.store_url], &[]);
     let channel = channel(&k.kiroku.url).await;
     let mut commands = CommandServiceClient::with_interceptor(channel.clone(), as_principal("ann"));
     let mut reads = ReadServiceClient::with_interceptor(channel, as_principal("ann"));
@@ -292,20 +266,7 @@ async fn dev_survives_its_postgres_connection_terminated_mid_commit_and_says_so_
 async fn readyz_says_the_views_cannot_be_read_without_the_backends_words() {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::create().await;
-    let k = start_served(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--read-store",
-            &schema.store_url,
-        ],
-        &[],
-    );
+    let k = dev_served_with(dir.path(), &["--read-store", &schema.store_url], &[]);
     assert_eq!(get(&format!("{}/readyz", k.http)).await.0, 200);
     // The store's tables go away under the running process.
     schema

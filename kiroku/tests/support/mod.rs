@@ -93,18 +93,35 @@ pub fn start_served(args: &[&str], env: &[(&str, &str)]) -> Served {
 
 /// `kiroku dev` with its read API's HTTP face on a random port too.
 pub fn dev_served(data: &Path) -> Served {
-    start_served(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
+    dev_served_with(data, &[], &[])
+}
+
+/// `kiroku dev` on random ports with more arguments and environment.
+pub fn dev_served_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut all = vec![
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    start_served(&all, env)
+}
+
+/// The newest global position in a SQLite journal, read without opening it for writing.
+pub fn journal_head(path: &Path) -> u64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(
+        "SELECT coalesce(max(global_position), 0) FROM events",
+        [],
+        |r| r.get::<_, i64>(0),
     )
+    .unwrap() as u64
 }
 
 /// Starts a process and waits for the first stdout line containing `marker`.
